@@ -1,0 +1,37 @@
+"""labkit: the plumbing every notebook of the handbook shares.
+
+Profiles, environment detection, manifest validation, timing, plot style and glue. The technique a
+chapter teaches never lives here: it stays visible in the notebook.
+"""
+
+from labkit.environment import describe_environment, detect_environment
+from labkit.glue import glue_number
+from labkit.k8s import (
+    check_pod_security_restricted,
+    to_dict,
+    validate_custom_resource,
+    validate_manifest,
+    write_manifests,
+)
+from labkit.measure import summarize, time_calls
+from labkit.plotting import use_book_style
+from labkit.profiles import PROFILES, check_choice, check_positive, check_profile, pick
+
+__all__ = [
+    "PROFILES",
+    "check_choice",
+    "check_positive",
+    "check_pod_security_restricted",
+    "check_profile",
+    "describe_environment",
+    "detect_environment",
+    "glue_number",
+    "pick",
+    "summarize",
+    "time_calls",
+    "to_dict",
+    "use_book_style",
+    "validate_custom_resource",
+    "validate_manifest",
+    "write_manifests",
+]

@@ -1,0 +1,181 @@
+"""Kubernetes manifests: serialise client models, validate strictly, check Pod Security, write files.
+
+Built-in kinds are validated against the Kubernetes OpenAPI schema with kubernetes-validate in strict
+mode (unknown fields fail). Custom resources (KubeRay, KServe, KEDA...) have no schema shipped with it:
+`validate_custom_resource` checks their required fields and validates every pod template they embed
+strictly, as a Pod.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# The schema version matching the pinned kubernetes client (30.x <-> Kubernetes 1.30).
+K8S_VERSION = "1.30.0"
+
+_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A plain dict of a kubernetes client model (camelCase keys, no None values); dicts pass through."""
+    if isinstance(obj, Mapping):
+        return _drop_none(dict(obj))
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(obj)
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def validate_manifest(obj: Any, *, version: str = K8S_VERSION) -> dict[str, Any]:
+    """Validate a built-in kind strictly against the Kubernetes schema; return it as a dict.
+
+    Raises ValueError naming the object and the first schema violation.
+    """
+    import kubernetes_validate
+
+    manifest = to_dict(obj)
+    name = _describe(manifest)
+    try:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    except kubernetes_validate.SchemaNotFoundError as err:
+        raise ValueError(f"{name}: no built-in schema for this kind in Kubernetes {version}; "
+                         "use validate_custom_resource() for a CRD") from err
+    except kubernetes_validate.ValidationError as err:
+        path = "/".join(str(p) for p in err.path) or "(top level)"
+        raise ValueError(f"{name}: invalid at {path}: {err.message}") from err
+    return manifest
+
+
+def pod_specs(obj: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (path, pod spec) for every pod spec inside a manifest: any mapping with a `containers` list."""
+
+    def walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        if isinstance(node, Mapping):
+            if isinstance(node.get("containers"), list):
+                yield path or ".", node  # type: ignore[misc]
+            for key, value in node.items():
+                yield from walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from walk(value, f"{path}[{i}]")
+
+    yield from walk(to_dict(obj), "")
+
+
+def validate_custom_resource(
+    obj: Any, *, required: Sequence[str] = (), version: str = K8S_VERSION
+) -> dict[str, Any]:
+    """Check a custom resource: apiVersion with a group, kind, a DNS-1123 name, the `required` dotted
+    paths present, and every embedded pod template valid as a Pod (strict). Returns the dict."""
+    manifest = to_dict(obj)
+    name = _describe(manifest)
+    api_version = manifest.get("apiVersion", "")
+    if "/" not in api_version:
+        raise ValueError(f"{name}: apiVersion {api_version!r} needs a group, e.g. 'ray.io/v1'")
+    if not manifest.get("kind"):
+        raise ValueError(f"{name}: kind is missing")
+    meta_name = manifest.get("metadata", {}).get("name", "")
+    if not _DNS_1123.match(meta_name) or len(meta_name) > 253:
+        raise ValueError(f"{name}: metadata.name {meta_name!r} is not a DNS-1123 subdomain")
+    for dotted in required:
+        node: Any = manifest
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise ValueError(f"{name}: required field {dotted!r} is missing")
+            node = node[part]
+    for path, spec in pod_specs(manifest):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "template"}, "spec": spec}
+        try:
+            validate_manifest(pod, version=version)
+        except ValueError as err:
+            raise ValueError(f"{name}: pod template at {path} is invalid: {err}") from err
+    return manifest
+
+
+def check_pod_security_restricted(obj: Any) -> list[str]:
+    """Violations of the Pod Security Standard 'restricted' profile in every pod spec of `obj`.
+
+    An empty list means compliant. Covers the profile's controls: privileged, host namespaces and
+    ports, hostPath and other non-restricted volume types, allowPrivilegeEscalation, runAsNonRoot,
+    runAsUser 0, seccomp, capabilities (drop ALL, add at most NET_BIND_SERVICE) and procMount.
+    """
+    problems: list[str] = []
+    specs = list(pod_specs(obj))
+    if not specs:
+        return [f"{_describe(to_dict(obj))}: no pod spec found"]
+    for path, spec in specs:
+        where = f"{_describe(to_dict(obj))} {path}"
+        pod_sc = spec.get("securityContext") or {}
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                problems.append(f"{where}: {flag} must not be true")
+        for volume in spec.get("volumes") or []:
+            kinds = set(volume) - {"name"}
+            if not kinds <= _RESTRICTED_VOLUMES:
+                problems.append(f"{where}: volume {volume.get('name')!r} uses {sorted(kinds)}, not allowed")
+        if pod_sc.get("runAsUser") == 0:
+            problems.append(f"{where}: securityContext.runAsUser must not be 0")
+        containers = [*(spec.get("initContainers") or []), *spec["containers"]]
+        for c in containers:
+            cw = f"{where} container {c.get('name')!r}"
+            sc = c.get("securityContext") or {}
+            if sc.get("privileged"):
+                problems.append(f"{cw}: privileged must not be true")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{cw}: securityContext.allowPrivilegeEscalation must be false")
+            if not (sc.get("runAsNonRoot") is True or (pod_sc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is not False)):
+                problems.append(f"{cw}: runAsNonRoot must be true (pod or container)")
+            if sc.get("runAsUser") == 0:
+                problems.append(f"{cw}: runAsUser must not be 0")
+            seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                problems.append(f"{cw}: seccompProfile.type must be RuntimeDefault or Localhost")
+            caps = sc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []):
+                problems.append(f"{cw}: capabilities.drop must include ALL")
+            extra = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
+            if extra:
+                problems.append(f"{cw}: capabilities.add may only hold NET_BIND_SERVICE, not {sorted(extra)}")
+            if sc.get("procMount") not in (None, "Default"):
+                problems.append(f"{cw}: procMount must be Default")
+            for port in c.get("ports") or []:
+                if port.get("hostPort"):
+                    problems.append(f"{cw}: hostPort {port['hostPort']} is not allowed")
+    return problems
+
+
+def write_manifests(objs: Iterable[Any], path: str | Path) -> Path:
+    """Write manifests as one multi-document YAML file a reader can `kubectl apply -f`; return the path."""
+    import yaml
+
+    docs = [to_dict(o) for o in objs]
+    if not docs:
+        raise ValueError("write_manifests() needs at least one manifest")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False))
+    return path
+
+
+def _describe(manifest: Mapping[str, Any]) -> str:
+    return f"{manifest.get('kind', '?')}/{(manifest.get('metadata') or {}).get('name', '?')}"

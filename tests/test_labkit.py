@@ -1,0 +1,233 @@
+"""Unit tests for labkit, bad inputs included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+import labkit
+from labkit import book
+
+
+# --- profiles -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("profile", ["smoke", "laptop", "cluster"])
+def test_check_profile_accepts_known_profiles(profile: str) -> None:
+    assert labkit.check_profile(profile) == profile
+
+
+@pytest.mark.parametrize("bad", ["", "Laptop", "gpu", None, 3])
+def test_check_profile_names_the_valid_values(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"profile=.*'smoke', 'laptop', 'cluster'"):
+        labkit.check_profile(bad)  # type: ignore[arg-type]
+
+
+def test_check_choice() -> None:
+    assert labkit.check_choice("mode", "a", ["a", "b"]) == "a"
+    with pytest.raises(ValueError, match="mode='c'.*'a', 'b'"):
+        labkit.check_choice("mode", "c", ["a", "b"])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4", None])
+def test_check_positive_rejects(bad: object) -> None:
+    with pytest.raises(ValueError, match="positive integer"):
+        labkit.check_positive("n", bad)
+
+
+def test_check_positive_bounds_and_floats() -> None:
+    assert labkit.check_positive("n", 4, maximum=4) == 4
+    assert labkit.check_positive("rate", 0.5, integer=False) == 0.5
+    with pytest.raises(ValueError, match="no larger than 4"):
+        labkit.check_positive("n", 5, maximum=4)
+
+
+def test_pick() -> None:
+    sizes = {"smoke": {"n": 1}, "laptop": {"n": 8}, "cluster": {"n": 64}}
+    assert labkit.pick("laptop", sizes) == {"n": 8}
+    with pytest.raises(ValueError, match="lacks profiles"):
+        labkit.pick("laptop", {"laptop": {"n": 8}})
+    with pytest.raises(ValueError, match="valid"):
+        labkit.pick("huge", sizes)
+
+
+# --- environment ----------------------------------------------------------------------------------
+def test_detect_environment_without_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    info = labkit.detect_environment({"KUBECONFIG": str(tmp_path / "none")})
+    assert info["cpus"] >= 1 and info["memory_gib"] > 0
+    assert info["ray_address"] is None and info["kubeconfig"] is None
+    line = labkit.describe_environment("cluster", info)
+    assert "no RAY_ADDRESS" in line and "no Kubernetes config" in line
+
+
+def test_detect_environment_with_ray_and_kubeconfig(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("apiVersion: v1\nkind: Config\n")
+    info = labkit.detect_environment({"RAY_ADDRESS": "10.0.0.1:6379", "KUBECONFIG": str(config)})
+    assert info["ray_address"] == "10.0.0.1:6379" and info["kubeconfig"] == str(config)
+    assert "Ray at 10.0.0.1:6379" in labkit.describe_environment("cluster", info)
+    assert "Ray" not in labkit.describe_environment("laptop", info)
+
+
+# --- measurement ----------------------------------------------------------------------------------
+def test_summarize() -> None:
+    stats = labkit.summarize([5, 1, 4, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
+    assert stats["median"] == 10.5 and stats["p95"] == 19 and stats["n"] == 20
+    assert stats["samples"][0] == 1.0
+    with pytest.raises(ValueError):
+        labkit.summarize([])
+
+
+def test_time_calls_warms_up_and_repeats() -> None:
+    calls = []
+    stats = labkit.time_calls(lambda: calls.append(1), repeats=5, warmup=2)
+    assert len(calls) == 7 and stats["n"] == 5 and stats["median"] >= 0
+    with pytest.raises(ValueError):
+        labkit.time_calls(lambda: None, repeats=0)
+
+
+# --- Kubernetes -----------------------------------------------------------------------------------
+def restricted_container(**overrides: object) -> client.V1Container:
+    security = client.V1SecurityContext(
+        allow_privilege_escalation=False, run_as_non_root=True,
+        capabilities=client.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
+    )
+    return client.V1Container(name="app", image="nginx:1.27", security_context=security, **overrides)
+
+
+def deployment(container: client.V1Container) -> client.V1Deployment:
+    return client.V1Deployment(
+        api_version="apps/v1", kind="Deployment", metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1DeploymentSpec(
+            selector=client.V1LabelSelector(match_labels={"app": "web"}),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels={"app": "web"}),
+                spec=client.V1PodSpec(containers=[container]),
+            ),
+        ),
+    )
+
+
+def test_validate_manifest_accepts_a_valid_deployment() -> None:
+    manifest = labkit.validate_manifest(deployment(restricted_container()))
+    assert manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] is True
+    assert labkit.check_pod_security_restricted(manifest) == []
+
+
+def test_validate_manifest_is_strict_about_unknown_fields() -> None:
+    manifest = labkit.to_dict(deployment(restricted_container()))
+    manifest["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(ValueError, match="imagePullPolcy"):
+        labkit.validate_manifest(manifest)
+
+
+def test_validate_manifest_rejects_wrong_types_and_unknown_kinds() -> None:
+    manifest = labkit.to_dict(deployment(restricted_container()))
+    manifest["spec"]["replicas"] = "three"
+    with pytest.raises(ValueError, match="replicas"):
+        labkit.validate_manifest(manifest)
+    with pytest.raises(ValueError, match="validate_custom_resource"):
+        labkit.validate_manifest({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "r"}})
+
+
+def test_pod_security_flags_each_violation() -> None:
+    bad = labkit.to_dict(deployment(client.V1Container(name="app", image="nginx:1.27")))
+    spec = bad["spec"]["template"]["spec"]
+    spec["hostNetwork"] = True
+    spec["volumes"] = [{"name": "host", "hostPath": {"path": "/"}}]
+    problems = "\n".join(labkit.check_pod_security_restricted(bad))
+    for expected in ("hostNetwork", "hostPath", "allowPrivilegeEscalation", "runAsNonRoot", "seccompProfile",
+                     "capabilities.drop"):
+        assert expected in problems
+
+
+def test_pod_security_pod_level_settings_count() -> None:
+    manifest = labkit.to_dict(deployment(client.V1Container(
+        name="app", image="nginx:1.27",
+        security_context=client.V1SecurityContext(allow_privilege_escalation=False,
+                                                  capabilities=client.V1Capabilities(drop=["ALL"]))),
+    ))
+    manifest["spec"]["template"]["spec"]["securityContext"] = {
+        "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert labkit.check_pod_security_restricted(manifest) == []
+    manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    assert any("SYS_ADMIN" in p for p in labkit.check_pod_security_restricted(manifest))
+
+
+def test_validate_custom_resource() -> None:
+    pod_spec = labkit.to_dict(deployment(restricted_container()))["spec"]["template"]["spec"]
+    cr = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "demo"},
+          "spec": {"headGroupSpec": {"template": {"spec": pod_spec}}}}
+    assert labkit.validate_custom_resource(cr, required=["spec.headGroupSpec"]) == cr
+    with pytest.raises(ValueError, match="workerGroupSpecs"):
+        labkit.validate_custom_resource(cr, required=["spec.workerGroupSpecs"])
+    with pytest.raises(ValueError, match="DNS-1123"):
+        labkit.validate_custom_resource({**cr, "metadata": {"name": "Bad_Name"}})
+    with pytest.raises(ValueError, match="needs a group"):
+        labkit.validate_custom_resource({**cr, "apiVersion": "v1"})
+    broken = json.loads(json.dumps(cr))
+    broken["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imag"] = "x"
+    with pytest.raises(ValueError, match="pod template at .spec.headGroupSpec.template.spec"):
+        labkit.validate_custom_resource(broken)
+
+
+def test_write_manifests_round_trips(tmp_path: Path) -> None:
+    path = labkit.write_manifests([deployment(restricted_container()), {"apiVersion": "v1", "kind": "Namespace",
+                                                                        "metadata": {"name": "ai"}}],
+                                  tmp_path / "out" / "all.yaml")
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert [d["kind"] for d in docs] == ["Deployment", "Namespace"]
+    for doc in docs:
+        labkit.validate_manifest(doc)
+    with pytest.raises(ValueError):
+        labkit.write_manifests([], tmp_path / "empty.yaml")
+
+
+# --- glue -----------------------------------------------------------------------------------------
+def test_glue_number_casts_numpy_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
+    import myst_nb
+    import numpy as np
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.__setitem__(name, value))
+    assert labkit.glue_number("speedup", np.float64(3.25)) == 3.25
+    assert labkit.glue_number("count", np.int64(16)) == 16
+    assert type(glued["speedup"]) is float and type(glued["count"]) is int
+    with pytest.raises(ValueError, match="finite"):
+        labkit.glue_number("bad", float("nan"))
+
+
+# --- book: stamps and report ----------------------------------------------------------------------
+def test_code_hash_ignores_outputs_and_markdown_but_not_code() -> None:
+    nb = {"cells": [{"cell_type": "code", "source": "x = 1", "outputs": []},
+                    {"cell_type": "markdown", "source": "# title"}]}
+    same = {"cells": [{"cell_type": "code", "source": ["x = ", "1"], "outputs": [{"text": "1"}]},
+                      {"cell_type": "markdown", "source": "# other title"}]}
+    changed = {"cells": [{"cell_type": "code", "source": "x = 2", "outputs": []}]}
+    assert book.code_hash(nb) == book.code_hash(same) != book.code_hash(changed)
+
+
+def test_budget_defaults_and_override() -> None:
+    assert book.budget_s({"metadata": {}}) == 90
+    assert book.budget_s({"metadata": {}}, "smoke") == 30
+    assert book.budget_s({"metadata": {"labkit": {"budget_s": {"laptop": 150}}}}) == 150
+
+
+def test_strip_volatile_drops_timestamps() -> None:
+    nb = {"metadata": {"papermill": {"start_time": "t"}},
+          "cells": [{"cell_type": "code", "metadata": {"papermill": {}, "execution": {}, "tags": ["x"]},
+                     "outputs": [{"metadata": {"papermill": {}}}]}]}
+    stripped = book.strip_volatile(nb)
+    assert "papermill" not in stripped["metadata"]
+    assert stripped["cells"][0]["metadata"] == {"tags": ["x"]}
+    assert stripped["cells"][0]["outputs"][0]["metadata"] == {}
+
+
+def test_render_report_lists_each_row() -> None:
+    text = book.render_report([{"notebook": "a.ipynb", "wall_s": 12.34, "budget_s": 90.0, "status": "ok",
+                                "date": "2026-01-01", "platform": "Linux", "hash": "abc"}])
+    assert "| `a.ipynb` | 12.3 | 90 | ok | 2026-01-01 | `abc` | Linux |" in text
