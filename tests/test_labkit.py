@@ -231,3 +231,15 @@ def test_render_report_lists_each_row() -> None:
     text = book.render_report([{"notebook": "a.ipynb", "wall_s": 12.34, "budget_s": 90.0, "status": "ok",
                                 "date": "2026-01-01", "platform": "Linux", "hash": "abc"}])
     assert "| `a.ipynb` | 12.3 | 90 | ok | 2026-01-01 | `abc` | Linux |" in text
+
+
+# --- Ray on loopback ------------------------------------------------------------------------------
+def test_loopback_node_ips_stay_in_the_loopback_range_and_avoid_127_0_0_1() -> None:
+    import ipaddress
+
+    ips = [labkit.loopback_node_ip(i) for i in range(5)]
+    assert ips[0] == labkit.LOOPBACK_HEAD_IP == "127.0.0.2"
+    assert all(ipaddress.ip_address(ip).is_loopback for ip in ips) and "127.0.0.1" not in ips
+    assert len(set(ips)) == 5
+    with pytest.raises(ValueError):
+        labkit.loopback_node_ip(-1)

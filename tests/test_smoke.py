@@ -1,7 +1,7 @@
 """papermill at profile="smoke" over every notebook, within its smoke budget, into _build/smoke/.
 
 Notebooks marked `"labkit": {"ray": true}` run against a real two-node Ray cluster that this module
-starts (`ray start --head` on 127.0.0.1 plus one worker node) and stops by process group at the end, so
+starts (`ray start --head` plus one worker node, on loopback) and stops by process group at the end, so
 the cluster path of the same code is exercised. A bad profile must raise a ValueError naming the valid
 values.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import papermill
 import pytest
 
 from labkit.book import ROOT, budget_s
+from labkit.ray_local import loopback_node_ip
 
 SMOKE_DIR = ROOT / "_build" / "smoke"
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -37,10 +39,10 @@ def uses_ray(path: Path) -> bool:
     return bool(json.loads(path.read_text()).get("metadata", {}).get("labkit", {}).get("ray"))
 
 
-def start_node(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start_node(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start a Ray node in the foreground (`--block`) in its own process group, logging to `log`."""
-    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop_node(proc: subprocess.Popen[bytes]) -> None:
@@ -57,41 +59,59 @@ def stop_node(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def alive_nodes(address: str) -> int:
-    """The number of alive nodes, asked of the cluster by a fresh driver."""
+def alive_nodes(address: str, env: dict[str, str]) -> int:
+    """The number of alive nodes, asked of the cluster by a fresh driver (0 when it cannot connect)."""
     code = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False);"
             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        return 0
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
 
+def start_until_joined(args: list[str], log: Path, env: dict[str, str], address: str, nodes: int,
+                       attempts: int = 3) -> subprocess.Popen[bytes]:
+    """Start a node and wait until the cluster has `nodes` alive; retry when the node gives up.
+
+    Ray allows a raylet 30 s to register; on a loaded 2-core machine that can pass, and the node exits.
+    """
+    for _ in range(attempts):
+        proc = start_node(args, log, env)
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            if alive_nodes(address, env) >= nodes:
+                return proc
+            time.sleep(1)
+        stop_node(proc)
+    raise AssertionError(f"Ray node did not join after {attempts} attempts:\n{log.read_text()[-3000:]}")
+
+
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real two-node Ray cluster on 127.0.0.1; yields its address."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real two-node Ray cluster on loopback: head on 127.0.0.2, worker node on 127.0.0.3.
+
+    Yields the environment a driver needs: RAY_ADDRESS and the cluster's own auth token. (Ray rewrites
+    127.0.0.1 to the machine's routable address; other loopback addresses are kept as given.)
+    """
     logs = tmp_path_factory.mktemp("ray-logs")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    head = start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                       f"--dashboard-port={free_port()}", "--dashboard-host=127.0.0.1",
-                       f"--ray-client-server-port={free_port()}"], logs / "head.log")
-    worker = None
+    address = f"{loopback_node_ip(0)}:{free_port()}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + 240
-        while alive_nodes(address) < 1:
-            assert head.poll() is None, f"ray head exited: {(logs / 'head.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "ray head did not come up in 240 s"
-            time.sleep(1)
-        worker = start_node([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                             '--resources={"worker_node": 1}'], logs / "worker.log")
-        while alive_nodes(address) < 2:
-            assert worker.poll() is None, f"ray worker exited: {(logs / 'worker.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "ray worker node did not join in 240 s"
-            time.sleep(1)
-        yield address
+        started.append(start_until_joined(
+            ["--head", f"--node-ip-address={loopback_node_ip(0)}", f"--port={address.split(':')[1]}",
+             "--num-cpus=2", f"--dashboard-port={free_port()}", "--dashboard-host=127.0.0.1",
+             f"--ray-client-server-port={free_port()}"], logs / "head.log", env, address, 1))
+        started.append(start_until_joined(
+            [f"--address={address}", f"--node-ip-address={loopback_node_ip(1)}", "--num-cpus=2",
+             '--resources={"worker_node": 1}'], logs / "worker.log", env, address, 2))
+        yield {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"]}
     finally:
-        if worker is not None:
-            stop_node(worker)
-        stop_node(head)
+        for proc in reversed(started):
+            stop_node(proc)
 
 
 def run_smoke(notebook: Path, env_extra: dict[str, str]) -> float:
@@ -118,7 +138,7 @@ def run_smoke(notebook: Path, env_extra: dict[str, str]) -> float:
 def test_smoke_profile_within_budget(notebook: Path, request: pytest.FixtureRequest) -> None:
     env = {}
     if uses_ray(ROOT / notebook):
-        env["RAY_ADDRESS"] = request.getfixturevalue("ray_cluster")
+        env.update(request.getfixturevalue("ray_cluster"))
     wall_s = run_smoke(notebook, env)
     budget = budget_s(json.loads((ROOT / notebook).read_text()), "smoke")
     assert wall_s <= budget, f"{notebook}: smoke run took {wall_s:.1f} s, budget {budget:.0f} s"

@@ -16,8 +16,10 @@ from labkit.k8s import (
 from labkit.measure import summarize, time_calls
 from labkit.plotting import use_book_style
 from labkit.profiles import PROFILES, check_choice, check_positive, check_profile, pick
+from labkit.ray_local import LOOPBACK_HEAD_IP, init_ray, loopback_node_ip
 
 __all__ = [
+    "LOOPBACK_HEAD_IP",
     "PROFILES",
     "check_choice",
     "check_positive",
@@ -26,6 +28,8 @@ __all__ = [
     "describe_environment",
     "detect_environment",
     "glue_number",
+    "init_ray",
+    "loopback_node_ip",
     "pick",
     "summarize",
     "time_calls",

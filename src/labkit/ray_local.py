@@ -1,0 +1,40 @@
+"""Ray on one machine, kept on loopback: connect to RAY_ADDRESS, or start a local instance.
+
+Ray rewrites 127.0.0.1 to the machine's routable address (so that other hosts could join), which would
+send a local notebook's traffic over that address. Any other address of the loopback range 127.0.0.0/8
+is kept as given, so local nodes use 127.0.0.2, 127.0.0.3, ...: every byte stays on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+LOOPBACK_HEAD_IP = "127.0.0.2"
+
+
+def loopback_node_ip(index: int) -> str:
+    """The loopback address of local node `index` (0 is the head): 127.0.0.2, 127.0.0.3, ..."""
+    if not 0 <= index < 250:
+        raise ValueError(f"node index must be in 0..249, got {index}")
+    return f"127.0.0.{index + 2}"
+
+
+def init_ray(num_cpus: int | None = None, **kwargs: Any) -> str:
+    """`ray.init` against $RAY_ADDRESS when set, else a new local instance on a loopback address.
+
+    Returns one line saying which. Extra keyword arguments go to `ray.init` (local start only for
+    `num_cpus` and `include_dashboard`).
+    """
+    import ray
+
+    quiet = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
+    quiet.update(kwargs.pop("driver_options", {}))
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **quiet, **{k: v for k, v in kwargs.items() if k not in ("include_dashboard",)})
+        nodes = sum(1 for n in ray.nodes() if n["Alive"])
+        return f"connected to the Ray cluster at RAY_ADDRESS: {nodes} node(s)"
+    ray.init(address="local", _node_ip_address=LOOPBACK_HEAD_IP, num_cpus=num_cpus, **quiet, **kwargs)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return f"started a local Ray instance on {LOOPBACK_HEAD_IP} with {cpus} CPUs (no RAY_ADDRESS set)"
