@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,13 @@ def _memory_gib() -> float:
 
 
 def _gpu() -> dict[str, Any] | None:
-    """The first CUDA device torch sees, or None (torch not installed counts as no GPU)."""
-    if importlib.util.find_spec("torch") is None:
+    """The first CUDA device torch sees, or None.
+
+    Importing torch costs seconds, so it is only asked when it is already imported or an NVIDIA driver
+    is present; without torch installed there is no GPU to use.
+    """
+    driver_present = Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+    if "torch" not in sys.modules and (not driver_present or importlib.util.find_spec("torch") is None):
         return None
     import torch
 
