@@ -243,3 +243,9 @@ def test_loopback_node_ips_stay_in_the_loopback_range_and_avoid_127_0_0_1() -> N
     assert len(set(ips)) == 5
     with pytest.raises(ValueError):
         labkit.loopback_node_ip(-1)
+
+
+def test_describe_environment_without_ray_speaks_only_of_kubernetes(tmp_path: Path) -> None:
+    info = labkit.detect_environment({"KUBECONFIG": str(tmp_path / "none")})
+    line = labkit.describe_environment("cluster", {**info, "kubeconfig": None}, uses_ray=False)
+    assert "Ray" not in line and "no Kubernetes config" in line

@@ -5,7 +5,6 @@ Run `make environment.yml`; tests/test_environment.py fails when the two disagre
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,4 +35,3 @@ def render(root: Path = ROOT) -> str:
 
 if __name__ == "__main__":
     (ROOT / "environment.yml").write_text(render())
-    sys.exit(0)

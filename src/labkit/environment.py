@@ -64,8 +64,11 @@ def detect_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def describe_environment(profile: str, info: dict[str, Any] | None = None) -> str:
-    """One line saying what a notebook at `profile` runs against, and what the cluster profile lacks."""
+def describe_environment(profile: str, info: dict[str, Any] | None = None, *, uses_ray: bool = True) -> str:
+    """One line saying what a notebook at `profile` runs against, and what the cluster profile lacks.
+
+    Chapters that do not use Ray pass `uses_ray=False`, so the line does not speak of a Ray cluster.
+    """
     info = detect_environment() if info is None else info
     gpu = f"GPU {info['gpu']['name']}" if info["gpu"] else "no GPU"
     line = f"profile={profile}: {info['cpus']} CPUs, {info['memory_gib']} GiB, {gpu}"
@@ -76,5 +79,5 @@ def describe_environment(profile: str, info: dict[str, Any] | None = None) -> st
             if info["kubeconfig"]
             else "no Kubernetes config: manifests are validated offline"
         )
-        line += f"; {ray}; {kube}"
+        line += f"; {ray}; {kube}" if uses_ray else f"; {kube}"
     return line
