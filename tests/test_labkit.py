@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,32 @@ def test_validate_custom_resource() -> None:
     broken["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imag"] = "x"
     with pytest.raises(ValueError, match="pod template at .spec.headGroupSpec.template.spec"):
         labkit.validate_custom_resource(broken)
+
+
+def test_validate_custom_resource_pod_spec_extra_keys() -> None:
+    pod_spec = labkit.to_dict(deployment(restricted_container()))["spec"]["template"]["spec"]
+    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "demo"},
+            "spec": {"predictor": {"minReplicas": 1, "scaleMetric": "concurrency", **pod_spec}}}
+    with pytest.raises(ValueError, match="minReplicas"):
+        labkit.validate_custom_resource(isvc)
+    extra = ["minReplicas", "scaleMetric"]
+    assert labkit.validate_custom_resource(isvc, pod_spec_extra_keys=extra) == isvc
+    isvc["spec"]["predictor"]["containers"][0]["imag"] = "x"  # a typo in the pod spec still fails
+    with pytest.raises(ValueError, match="imag"):
+        labkit.validate_custom_resource(isvc, pod_spec_extra_keys=extra)
+
+
+def test_start_server_waits_and_stops_the_process_group(tmp_path: Path) -> None:
+    port = labkit.free_port()
+    server = labkit.start_server([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                 ready_url=f"http://127.0.0.1:{port}/", log_path=tmp_path / "http.log",
+                                 cwd=tmp_path, timeout_s=20)
+    assert server.poll() is None
+    labkit.stop_server(server)
+    assert server.poll() is not None
+    with pytest.raises(RuntimeError, match="(?s)exited with code 3.*boom"):
+        labkit.start_server([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+                            ready_url=f"http://127.0.0.1:{labkit.free_port()}/", log_path=tmp_path / "bad.log")
 
 
 def test_write_manifests_round_trips(tmp_path: Path) -> None:

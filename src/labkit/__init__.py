@@ -1,6 +1,6 @@
 """labkit: the plumbing every notebook of the handbook shares.
 
-Profiles, environment detection, manifest validation, timing, plot style and glue. The technique a
+Profiles, environment detection, manifest validation, local servers, timing, plot style and glue. The technique a
 chapter teaches never lives here: it stays visible in the notebook.
 """
 
@@ -16,6 +16,7 @@ from labkit.k8s import (
 from labkit.measure import summarize, time_calls
 from labkit.plotting import use_book_style
 from labkit.profiles import PROFILES, check_choice, check_positive, check_profile, pick
+from labkit.servers import free_port, start_server, stop_all_servers, stop_server, wait_ready
 from labkit.ray_local import LOOPBACK_HEAD_IP, init_ray, loopback_node_ip
 
 __all__ = [
@@ -26,16 +27,21 @@ __all__ = [
     "check_pod_security_restricted",
     "check_profile",
     "describe_environment",
+    "free_port",
     "detect_environment",
     "glue_number",
     "init_ray",
     "loopback_node_ip",
     "pick",
+    "start_server",
+    "stop_all_servers",
+    "stop_server",
     "summarize",
     "time_calls",
     "to_dict",
     "use_book_style",
     "validate_custom_resource",
     "validate_manifest",
+    "wait_ready",
     "write_manifests",
 ]

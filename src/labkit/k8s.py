@@ -83,10 +83,18 @@ def pod_specs(obj: Any) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def validate_custom_resource(
-    obj: Any, *, required: Sequence[str] = (), version: str = K8S_VERSION
+    obj: Any,
+    *,
+    required: Sequence[str] = (),
+    pod_spec_extra_keys: Sequence[str] = (),
+    version: str = K8S_VERSION,
 ) -> dict[str, Any]:
     """Check a custom resource: apiVersion with a group, kind, a DNS-1123 name, the `required` dotted
-    paths present, and every embedded pod template valid as a Pod (strict). Returns the dict."""
+    paths present, and every embedded pod spec valid as a Pod (strict). Returns the dict.
+
+    Some CRDs put their own fields beside the pod spec's (KServe's predictor has `minReplicas`,
+    `scaleMetric`, ... next to `containers`): name them in `pod_spec_extra_keys` and they are left out of
+    the strict Pod check; any other unknown key still fails it."""
     manifest = to_dict(obj)
     name = _describe(manifest)
     api_version = manifest.get("apiVersion", "")
@@ -103,8 +111,10 @@ def validate_custom_resource(
             if not isinstance(node, Mapping) or part not in node:
                 raise ValueError(f"{name}: required field {dotted!r} is missing")
             node = node[part]
+    extra = set(pod_spec_extra_keys)
     for path, spec in pod_specs(manifest):
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "template"}, "spec": spec}
+        pod_spec = {key: value for key, value in spec.items() if key not in extra}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "template"}, "spec": pod_spec}
         try:
             validate_manifest(pod, version=version)
         except ValueError as err:
