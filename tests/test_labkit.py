@@ -276,3 +276,45 @@ def test_describe_environment_without_ray_speaks_only_of_kubernetes(tmp_path: Pa
     info = labkit.detect_environment({"KUBECONFIG": str(tmp_path / "none")})
     line = labkit.describe_environment("cluster", {**info, "kubeconfig": None}, uses_ray=False)
     assert "Ray" not in line and "no Kubernetes config" in line
+
+
+def test_edge_deployment_is_valid_restricted_and_pinned_to_edge_nodes() -> None:
+    for runtime in labkit.EDGE_RUNTIMES:
+        deployment_ = labkit.edge_deployment("camera-counter", "ghcr.io/example/counter:1.0", cpu_millicores=250,
+                                             memory_mib=128, runtime=runtime, port=8080, model_config_map="model")
+        manifest = labkit.validate_manifest(deployment_)
+        assert labkit.check_pod_security_restricted(deployment_) == []
+        spec = manifest["spec"]["template"]["spec"]
+        assert spec["tolerations"][0]["key"] == "node-role.kubernetes.io/edge"
+        assert ("nodeSelector" in spec) == (runtime == "k3s") and ("affinity" in spec) == (runtime == "kubeedge")
+        resources = spec["containers"][0]["resources"]
+        assert resources["requests"] == resources["limits"] == {"cpu": "250m", "memory": "128Mi"}
+    with pytest.raises(ValueError, match="k3s, kubeedge"):
+        labkit.edge_deployment("x", "y:1", cpu_millicores=1, memory_mib=1, runtime="k8s")
+
+
+def test_size_resources() -> None:
+    # 4 ms a frame at 25 frames/s is 100 ms of CPU a second: 100 millicores, 150 with 1.5x headroom.
+    assert labkit.size_resources(4, 25, peak_rss_mib=100) == {"cpu_millicores": 150, "memory_mib": 150}
+    assert labkit.size_resources(0.1, 1, peak_rss_mib=1) == {"cpu_millicores": 50, "memory_mib": 32}
+    with pytest.raises(ValueError):
+        labkit.size_resources(0, 25, peak_rss_mib=100)
+
+
+def test_export_and_quantize_onnx_keep_the_model_s_answers(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
+    path = labkit.export_onnx(model, torch.randn(1, 64), tmp_path / "mlp.onnx")
+    assert not (tmp_path / "mlp.onnx.data").exists()  # weights inside the one file
+    inputs = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    expected = model(torch.from_numpy(inputs)).detach().numpy()
+    for variant in (path, labkit.quantize_onnx_int8(path, tmp_path / "dynamic.onnx"),
+                    labkit.quantize_onnx_int8(path, tmp_path / "static.onnx", [{"input": inputs}])):
+        session = labkit.onnx_session(variant)
+        got = session.run(None, {"input": inputs})[0]
+        assert got.shape == (32, 4) and np.abs(got - expected).max() < 0.05, variant.name
+        assert labkit.onnx_latency_ms(session, {"input": inputs[:1]}, repeats=3, warmup=1)["n"] == 3
+    assert (tmp_path / "dynamic.onnx").stat().st_size < path.stat().st_size / 2.5

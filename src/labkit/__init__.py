@@ -4,6 +4,15 @@ Profiles, environment detection, manifest validation, local servers, timing, plo
 chapter teaches never lives here: it stays visible in the notebook.
 """
 
+from labkit.edge import (
+    EDGE_RUNTIMES,
+    edge_deployment,
+    export_onnx,
+    onnx_latency_ms,
+    onnx_session,
+    quantize_onnx_int8,
+    size_resources,
+)
 from labkit.environment import describe_environment, detect_environment
 from labkit.glue import glue_number
 from labkit.k8s import (
@@ -20,6 +29,13 @@ from labkit.servers import free_port, start_server, stop_all_servers, stop_serve
 from labkit.ray_local import LOOPBACK_HEAD_IP, init_ray, loopback_node_ip
 
 __all__ = [
+    "EDGE_RUNTIMES",
+    "edge_deployment",
+    "export_onnx",
+    "onnx_latency_ms",
+    "onnx_session",
+    "quantize_onnx_int8",
+    "size_resources",
     "LOOPBACK_HEAD_IP",
     "PROFILES",
     "check_choice",
