@@ -25,18 +25,18 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 setup: $(VENV)/.installed
 
 # Mermaid and MathJax are served by the book itself (pinned in package.json), never from a CDN.
-_static/mermaid/mermaid.esm.min.mjs _static/mathjax/tex-mml-chtml.js &: package.json package-lock.json
+_static/mermaid/mermaid.esm.min.mjs _assets/mathjax/tex-mml-chtml.js &: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	rm -rf _static/mermaid && mkdir -p _static/mermaid/chunks
 	cp node_modules/mermaid/dist/mermaid.esm.min.mjs _static/mermaid/
 	cp -r node_modules/mermaid/dist/chunks/mermaid.esm.min _static/mermaid/chunks/
-	rm -rf _static/mathjax && mkdir -p _static/mathjax/output/chtml _static/mathjax/input/tex
-	cp node_modules/mathjax/es5/tex-mml-chtml.js _static/mathjax/
-	cp -r node_modules/mathjax/es5/output/chtml/fonts _static/mathjax/output/chtml/
-	cp -r node_modules/mathjax/es5/input/tex/extensions _static/mathjax/input/tex/
-	cp -r node_modules/mathjax/es5/ui _static/mathjax/
+	rm -rf _assets/mathjax && mkdir -p _assets/mathjax/output/chtml _assets/mathjax/input/tex
+	cp node_modules/mathjax/es5/tex-mml-chtml.js _assets/mathjax/
+	cp -r node_modules/mathjax/es5/output/chtml/fonts _assets/mathjax/output/chtml/
+	cp -r node_modules/mathjax/es5/input/tex/extensions _assets/mathjax/input/tex/
+	cp -r node_modules/mathjax/es5/ui _assets/mathjax/
 
-assets: _static/mermaid/mermaid.esm.min.mjs _static/mathjax/tex-mml-chtml.js
+assets: _static/mermaid/mermaid.esm.min.mjs _assets/mathjax/tex-mml-chtml.js
 
 # Re-run stale notebooks (or the one named by NB=path) and stamp them; rewrites the execution report.
 execute: setup
@@ -70,4 +70,4 @@ environment.yml: requirements.txt
 	$(PY) tools/make_environment.py
 
 clean:
-	rm -rf _build _static/mermaid _static/mathjax
+	rm -rf _build _static/mermaid _assets/mathjax

@@ -51,6 +51,7 @@ def test_book_builds_with_every_page(built_book: Path) -> None:
         page = built_book / Path(entry).with_suffix(".html")
         assert page.exists(), f"{entry} was not built ({page.relative_to(ROOT)} missing)"
     assert (built_book / "_static" / "mermaid" / "mermaid.esm.min.mjs").exists(), "Mermaid is not served locally"
+    assert (built_book / "mathjax" / "tex-mml-chtml.js").exists(), "MathJax is not served locally"
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,9 @@ def test_page_in_browser(browser: object, server: str, path: str) -> None:
     mermaid_blocks = page.locator("pre.mermaid, div.mermaid")
     for i in range(mermaid_blocks.count()):
         mermaid_blocks.nth(i).locator("svg").first.wait_for(state="attached", timeout=20_000)
+    math_blocks = page.locator("span.math, div.math")
+    for i in range(math_blocks.count()):  # MathJax typesets each formula into an mjx-container
+        math_blocks.nth(i).locator("mjx-container").first.wait_for(state="attached", timeout=20_000)
     broken = page.evaluate(
         "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
     page.close()
