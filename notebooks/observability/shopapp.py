@@ -550,23 +550,9 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10) -> int:
 
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 20) -> float:
     """Poll `url` until it answers 200; return the seconds waited. Raises if the process died."""
-    started = time.perf_counter()
-    parts = urllib.parse.urlsplit(url)
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with code {process.returncode} before it was ready")
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=1)
-        try:
-            conn.request("GET", parts.path or "/")
-            if conn.getresponse().status == 200:
-                return time.perf_counter() - started
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        if time.perf_counter() - started > timeout_s:
-            raise TimeoutError(f"{url} not ready after {timeout_s} s")
-        time.sleep(0.05)
+    import labkit  # imported here: the service processes themselves never need it
+
+    return labkit.wait_ready(url, process, timeout_s=timeout_s)
 
 
 def start_shop(data_dir: Path, seed: int = 0, ports: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
