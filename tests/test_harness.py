@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbchecks
 import nbformat
 import pytest
 
-import nbchecks
 from labkit.book import ROOT
 
 SANITIZE = ROOT / "tests" / "nbval-sanitize.cfg"
@@ -18,11 +18,17 @@ SANITIZE = ROOT / "tests" / "nbval-sanitize.cfg"
 def make_notebook(path: Path, cells: list[tuple[str, str | None]]) -> Path:
     """Write a notebook whose code cells are (source, stored stdout or None), the first tagged parameters."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     for count, (src, stdout) in enumerate(cells, start=1):
         cell = nbformat.v4.new_code_cell(src, execution_count=count)
         if stdout is not None:
-            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stdout)]
+            cell.outputs = [
+                nbformat.v4.new_output("stream", name="stdout", text=stdout)
+            ]
         nb.cells.append(cell)
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, path)
@@ -31,28 +37,53 @@ def make_notebook(path: Path, cells: list[tuple[str, str | None]]) -> Path:
 
 def run_nbval(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
-         "--nbval-sanitize-with", str(SANITIZE), path.name],
-        cwd=path.parent, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(SANITIZE),
+            path.name,
+        ],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_nbval_passes_on_a_faithful_notebook(tmp_path: Path) -> None:
-    nb = make_notebook(tmp_path / "good.ipynb", [('profile = "laptop"', None), ("print(1 + 1)", "2\n"),
-                                                 ("print('served on 127.0.0.1:8123')", "served on 127.0.0.1:9999\n")])
+    nb = make_notebook(
+        tmp_path / "good.ipynb",
+        [
+            ('profile = "laptop"', None),
+            ("print(1 + 1)", "2\n"),
+            ("print('served on 127.0.0.1:8123')", "served on 127.0.0.1:9999\n"),
+        ],
+    )
     result = run_nbval(nb)
     assert result.returncode == 0, result.stdout[-2000:]
 
 
 def test_nbval_fails_on_a_changed_output(tmp_path: Path) -> None:
-    nb = make_notebook(tmp_path / "changed.ipynb", [('profile = "laptop"', None), ("print(1 + 1)", "3\n")])
+    nb = make_notebook(
+        tmp_path / "changed.ipynb",
+        [('profile = "laptop"', None), ("print(1 + 1)", "3\n")],
+    )
     result = run_nbval(nb)
     assert result.returncode == 1, result.stdout[-2000:]
     assert "1 failed" in result.stdout
 
 
 def test_nbval_fails_on_an_error_cell(tmp_path: Path) -> None:
-    nb = make_notebook(tmp_path / "error.ipynb", [('profile = "laptop"', None), ("1 / 0", None)])
+    nb = make_notebook(
+        tmp_path / "error.ipynb", [('profile = "laptop"', None), ("1 / 0", None)]
+    )
     result = run_nbval(nb)
     assert result.returncode == 1, result.stdout[-2000:]
     assert "ZeroDivisionError" in result.stdout
@@ -61,16 +92,28 @@ def test_nbval_fails_on_an_error_cell(tmp_path: Path) -> None:
 def test_papermill_fails_on_an_error_cell(tmp_path: Path) -> None:
     import papermill
 
-    nb = make_notebook(tmp_path / "error.ipynb", [('profile = "laptop"', None), ("1 / 0", None)])
+    nb = make_notebook(
+        tmp_path / "error.ipynb", [('profile = "laptop"', None), ("1 / 0", None)]
+    )
     with pytest.raises(papermill.PapermillExecutionError):
-        papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False)
+        papermill.execute_notebook(
+            str(nb),
+            str(tmp_path / "out.ipynb"),
+            kernel_name="python3",
+            progress_bar=False,
+        )
 
 
 def test_hygiene_flags_an_error_output_a_missing_tag_and_a_leak(tmp_path: Path) -> None:
-    path = make_notebook(tmp_path / "bad.ipynb", [('size = 3', None), ("print('/root/secret')", "/root/secret\n")])
+    path = make_notebook(
+        tmp_path / "bad.ipynb",
+        [("size = 3", None), ("print('/root/secret')", "/root/secret\n")],
+    )
     nb = nbchecks.load(path)
     nb["cells"][0]["metadata"]["tags"] = []
-    nb["cells"][1]["outputs"].append({"output_type": "error", "ename": "ValueError", "evalue": "x", "traceback": []})
+    nb["cells"][1]["outputs"].append(
+        {"output_type": "error", "ename": "ValueError", "evalue": "x", "traceback": []}
+    )
     structure = nbchecks.structure_problems(nb)
     assert any("not tagged 'parameters'" in p for p in structure)
     assert any("error output" in p for p in structure)
@@ -78,7 +121,10 @@ def test_hygiene_flags_an_error_output_a_missing_tag_and_a_leak(tmp_path: Path) 
 
 
 def test_hygiene_flags_cells_run_out_of_order(tmp_path: Path) -> None:
-    path = make_notebook(tmp_path / "order.ipynb", [('profile = "laptop"', None), ("x = 1", None), ("y = 2", None)])
+    path = make_notebook(
+        tmp_path / "order.ipynb",
+        [('profile = "laptop"', None), ("x = 1", None), ("y = 2", None)],
+    )
     nb = nbchecks.load(path)
     nb["cells"][1]["execution_count"], nb["cells"][2]["execution_count"] = 3, 2
     assert any("out of order" in p for p in nbchecks.structure_problems(nb))

@@ -5,21 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbchecks
-from labkit.book import ROOT, budget_s, is_stale, toc_files, toc_notebooks
+
+from labkit.book import (
+    CHAPTERS_PLANNED,
+    CI_GOAL_MIN,
+    ROOT,
+    budget_s,
+    ci_projection,
+    compared_cells,
+    is_stale,
+    load_ci_timings,
+    toc_files,
+    toc_notebooks,
+)
+
+COMPARED_FLOOR_CHAPTER = 0.60
+COMPARED_FLOOR_BOOK = 0.75
 
 
 def test_every_notebook_is_in_the_toc_and_every_entry_exists() -> None:
-    on_disk = {p.relative_to(ROOT) for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts}
+    on_disk = {
+        p.relative_to(ROOT)
+        for p in (ROOT / "notebooks").rglob("*.ipynb")
+        if ".ipynb_checkpoints" not in p.parts
+    }
     listed = set(toc_notebooks(ROOT))
-    assert on_disk - listed == set(), f"notebooks missing from _toc.yml: {sorted(map(str, on_disk - listed))}"
-    missing = [e for e in toc_files(ROOT) if not any((ROOT / e).with_suffix(s).exists() for s in (".md", ".ipynb"))
-               and not (ROOT / e).exists()]
+    assert on_disk - listed == set(), (
+        f"notebooks missing from _toc.yml: {sorted(map(str, on_disk - listed))}"
+    )
+    missing = [
+        e
+        for e in toc_files(ROOT)
+        if not any((ROOT / e).with_suffix(s).exists() for s in (".md", ".ipynb"))
+        and not (ROOT / e).exists()
+    ]
     assert missing == [], f"_toc.yml entries with no file: {missing}"
 
 
 def test_structure(notebook: Path) -> None:
     problems = nbchecks.structure_problems(nbchecks.load(ROOT / notebook))
-    assert problems == [], f"{notebook}: " + "; ".join(problems) + f"\n  fix, then run: make execute NB={notebook}"
+    assert problems == [], (
+        f"{notebook}: "
+        + "; ".join(problems)
+        + f"\n  fix, then run: make execute NB={notebook}"
+    )
 
 
 def test_stamp_is_current(notebook: Path) -> None:
@@ -29,12 +58,55 @@ def test_stamp_is_current(notebook: Path) -> None:
     )
 
 
-def test_stamped_time_within_budget(notebook: Path) -> None:
+def test_stamped_times_within_budget(notebook: Path) -> None:
     nb = nbchecks.load(ROOT / notebook)
     stamp = nb.get("metadata", {}).get("labkit", {}).get("stamp", {})
-    budget = budget_s(nb, "laptop")
-    assert "wall_s" in stamp, f"{notebook}: no stamp; run: make execute NB={notebook}"
-    assert stamp["wall_s"] <= budget, f"{notebook}: laptop run took {stamp['wall_s']} s, budget {budget:.0f} s"
+    for profile, key in (("laptop", "wall_s"), ("smoke", "smoke_wall_s")):
+        budget = budget_s(nb, profile)
+        assert key in stamp, (
+            f"{notebook}: no {profile} time in its stamp; run: make execute NB={notebook}"
+        )
+        assert stamp[key] <= budget, (
+            f"{notebook}: {profile} run took {stamp[key]} s, budget {budget:.0f} s"
+        )
+
+
+def test_exercises_follow_the_pattern(notebook: Path) -> None:
+    nb = nbchecks.load(ROOT / notebook)
+    problems = nbchecks.exercise_problems(nb)
+    assert problems == [], (
+        f"{notebook}: "
+        + "\n  ".join(problems)
+        + "\n  see book/contributing.md, Exercises"
+    )
+
+
+def test_compared_share_per_chapter(notebook: Path) -> None:
+    compared, with_output = compared_cells(nbchecks.load(ROOT / notebook))
+    assert with_output and compared / with_output >= COMPARED_FLOOR_CHAPTER, (
+        f"{notebook}: nbval compares {compared} of {with_output} output cells; the floor is "
+        f"{COMPARED_FLOOR_CHAPTER:.0%}. Print deterministic results in their own cells, measurements in ignored ones"
+    )
+
+
+def test_compared_share_book_wide() -> None:
+    counts = [compared_cells(nbchecks.load(ROOT / p)) for p in toc_notebooks(ROOT)]
+    compared, with_output = sum(c for c, _ in counts), sum(w for _, w in counts)
+    assert compared / with_output >= COMPARED_FLOOR_BOOK, (
+        f"nbval compares {compared} of {with_output} output cells book-wide; the floor is {COMPARED_FLOOR_BOOK:.0%}"
+    )
+
+
+def test_ci_projection_within_goal() -> None:
+    timings = load_ci_timings(ROOT)
+    assert timings, (
+        "book/ci-timings.json is missing; after a full make test run: python -m labkit.book ci-times"
+    )
+    projected = ci_projection(timings)["projected_min"]
+    assert projected <= CI_GOAL_MIN, (
+        f"at {CHAPTERS_PLANNED} chapters of today's mean cost CI would take {projected:.0f} min, over the "
+        f"{CI_GOAL_MIN}-minute goal: make chapters cheaper or the harness faster"
+    )
 
 
 def test_no_leaks_in_outputs(notebook: Path) -> None:
@@ -43,12 +115,15 @@ def test_no_leaks_in_outputs(notebook: Path) -> None:
 
 
 def test_size(notebook: Path) -> None:
-    assert nbchecks.size_problems(ROOT / notebook) == [], f"{notebook} is larger than 2 MB; shrink its figures or outputs"
+    assert nbchecks.size_problems(ROOT / notebook) == [], (
+        f"{notebook} is larger than 2 MB; shrink its figures or outputs"
+    )
 
 
 def test_execution_report_is_current() -> None:
     from labkit.book import REPORT_MD, render_report, report_rows
+    from labkit.book import load_ci_timings as timings
 
-    assert (ROOT / REPORT_MD).read_text() == render_report(report_rows(ROOT)), (
-        "book/execution-report.md does not match the notebooks' stamps; run: make report"
-    )
+    assert (ROOT / REPORT_MD).read_text() == render_report(
+        report_rows(ROOT), timings(ROOT) or None
+    ), "book/execution-report.md does not match the notebooks' stamps; run: make report"

@@ -55,7 +55,9 @@ def test_pick() -> None:
 
 
 # --- environment ----------------------------------------------------------------------------------
-def test_detect_environment_without_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_detect_environment_without_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     info = labkit.detect_environment({"KUBECONFIG": str(tmp_path / "none")})
     assert info["cpus"] >= 1 and info["memory_gib"] > 0
@@ -67,7 +69,9 @@ def test_detect_environment_without_cluster(tmp_path: Path, monkeypatch: pytest.
 def test_detect_environment_with_ray_and_kubeconfig(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text("apiVersion: v1\nkind: Config\n")
-    info = labkit.detect_environment({"RAY_ADDRESS": "10.0.0.1:6379", "KUBECONFIG": str(config)})
+    info = labkit.detect_environment(
+        {"RAY_ADDRESS": "10.0.0.1:6379", "KUBECONFIG": str(config)}
+    )
     assert info["ray_address"] == "10.0.0.1:6379" and info["kubeconfig"] == str(config)
     assert "Ray at 10.0.0.1:6379" in labkit.describe_environment("cluster", info)
     assert "Ray" not in labkit.describe_environment("laptop", info)
@@ -75,7 +79,9 @@ def test_detect_environment_with_ray_and_kubeconfig(tmp_path: Path) -> None:
 
 # --- measurement ----------------------------------------------------------------------------------
 def test_summarize() -> None:
-    stats = labkit.summarize([5, 1, 4, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
+    stats = labkit.summarize(
+        [5, 1, 4, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    )
     assert stats["median"] == 10.5 and stats["p95"] == 19 and stats["n"] == 20
     assert stats["samples"][0] == 1.0
     with pytest.raises(ValueError):
@@ -93,16 +99,21 @@ def test_time_calls_warms_up_and_repeats() -> None:
 # --- Kubernetes -----------------------------------------------------------------------------------
 def restricted_container(**overrides: object) -> client.V1Container:
     security = client.V1SecurityContext(
-        allow_privilege_escalation=False, run_as_non_root=True,
+        allow_privilege_escalation=False,
+        run_as_non_root=True,
         capabilities=client.V1Capabilities(drop=["ALL"]),
         seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
     )
-    return client.V1Container(name="app", image="nginx:1.27", security_context=security, **overrides)
+    return client.V1Container(
+        name="app", image="nginx:1.27", security_context=security, **overrides
+    )
 
 
 def deployment(container: client.V1Container) -> client.V1Deployment:
     return client.V1Deployment(
-        api_version="apps/v1", kind="Deployment", metadata=client.V1ObjectMeta(name="web"),
+        api_version="apps/v1",
+        kind="Deployment",
+        metadata=client.V1ObjectMeta(name="web"),
         spec=client.V1DeploymentSpec(
             selector=client.V1LabelSelector(match_labels={"app": "web"}),
             template=client.V1PodTemplateSpec(
@@ -115,7 +126,12 @@ def deployment(container: client.V1Container) -> client.V1Deployment:
 
 def test_validate_manifest_accepts_a_valid_deployment() -> None:
     manifest = labkit.validate_manifest(deployment(restricted_container()))
-    assert manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] is True
+    assert (
+        manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"][
+            "runAsNonRoot"
+        ]
+        is True
+    )
     assert labkit.check_pod_security_restricted(manifest) == []
 
 
@@ -132,7 +148,9 @@ def test_validate_manifest_rejects_wrong_types_and_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="replicas"):
         labkit.validate_manifest(manifest)
     with pytest.raises(ValueError, match="validate_custom_resource"):
-        labkit.validate_manifest({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "r"}})
+        labkit.validate_manifest(
+            {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "r"}}
+        )
 
 
 def test_pod_security_flags_each_violation() -> None:
@@ -141,28 +159,51 @@ def test_pod_security_flags_each_violation() -> None:
     spec["hostNetwork"] = True
     spec["volumes"] = [{"name": "host", "hostPath": {"path": "/"}}]
     problems = "\n".join(labkit.check_pod_security_restricted(bad))
-    for expected in ("hostNetwork", "hostPath", "allowPrivilegeEscalation", "runAsNonRoot", "seccompProfile",
-                     "capabilities.drop"):
+    for expected in (
+        "hostNetwork",
+        "hostPath",
+        "allowPrivilegeEscalation",
+        "runAsNonRoot",
+        "seccompProfile",
+        "capabilities.drop",
+    ):
         assert expected in problems
 
 
 def test_pod_security_pod_level_settings_count() -> None:
-    manifest = labkit.to_dict(deployment(client.V1Container(
-        name="app", image="nginx:1.27",
-        security_context=client.V1SecurityContext(allow_privilege_escalation=False,
-                                                  capabilities=client.V1Capabilities(drop=["ALL"]))),
-    ))
+    manifest = labkit.to_dict(
+        deployment(
+            client.V1Container(
+                name="app",
+                image="nginx:1.27",
+                security_context=client.V1SecurityContext(
+                    allow_privilege_escalation=False,
+                    capabilities=client.V1Capabilities(drop=["ALL"]),
+                ),
+            ),
+        )
+    )
     manifest["spec"]["template"]["spec"]["securityContext"] = {
-        "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert labkit.check_pod_security_restricted(manifest) == []
-    manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"][
+        "capabilities"
+    ]["add"] = ["SYS_ADMIN"]
     assert any("SYS_ADMIN" in p for p in labkit.check_pod_security_restricted(manifest))
 
 
 def test_validate_custom_resource() -> None:
-    pod_spec = labkit.to_dict(deployment(restricted_container()))["spec"]["template"]["spec"]
-    cr = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "demo"},
-          "spec": {"headGroupSpec": {"template": {"spec": pod_spec}}}}
+    pod_spec = labkit.to_dict(deployment(restricted_container()))["spec"]["template"][
+        "spec"
+    ]
+    cr = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "demo"},
+        "spec": {"headGroupSpec": {"template": {"spec": pod_spec}}},
+    }
     assert labkit.validate_custom_resource(cr, required=["spec.headGroupSpec"]) == cr
     with pytest.raises(ValueError, match="workerGroupSpecs"):
         labkit.validate_custom_resource(cr, required=["spec.workerGroupSpecs"])
@@ -172,40 +213,63 @@ def test_validate_custom_resource() -> None:
         labkit.validate_custom_resource({**cr, "apiVersion": "v1"})
     broken = json.loads(json.dumps(cr))
     broken["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imag"] = "x"
-    with pytest.raises(ValueError, match="pod template at .spec.headGroupSpec.template.spec"):
+    with pytest.raises(
+        ValueError, match="pod template at .spec.headGroupSpec.template.spec"
+    ):
         labkit.validate_custom_resource(broken)
 
 
 def test_validate_custom_resource_pod_spec_extra_keys() -> None:
-    pod_spec = labkit.to_dict(deployment(restricted_container()))["spec"]["template"]["spec"]
-    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "demo"},
-            "spec": {"predictor": {"minReplicas": 1, "scaleMetric": "concurrency", **pod_spec}}}
+    pod_spec = labkit.to_dict(deployment(restricted_container()))["spec"]["template"][
+        "spec"
+    ]
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "predictor": {"minReplicas": 1, "scaleMetric": "concurrency", **pod_spec}
+        },
+    }
     with pytest.raises(ValueError, match="minReplicas"):
         labkit.validate_custom_resource(isvc)
     extra = ["minReplicas", "scaleMetric"]
     assert labkit.validate_custom_resource(isvc, pod_spec_extra_keys=extra) == isvc
-    isvc["spec"]["predictor"]["containers"][0]["imag"] = "x"  # a typo in the pod spec still fails
+    isvc["spec"]["predictor"]["containers"][0]["imag"] = (
+        "x"  # a typo in the pod spec still fails
+    )
     with pytest.raises(ValueError, match="imag"):
         labkit.validate_custom_resource(isvc, pod_spec_extra_keys=extra)
 
 
 def test_start_server_waits_and_stops_the_process_group(tmp_path: Path) -> None:
     port = labkit.free_port()
-    server = labkit.start_server([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                                 ready_url=f"http://127.0.0.1:{port}/", log_path=tmp_path / "http.log",
-                                 cwd=tmp_path, timeout_s=20)
+    server = labkit.start_server(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        ready_url=f"http://127.0.0.1:{port}/",
+        log_path=tmp_path / "http.log",
+        cwd=tmp_path,
+        timeout_s=20,
+    )
     assert server.poll() is None
     labkit.stop_server(server)
     assert server.poll() is not None
     with pytest.raises(RuntimeError, match="(?s)exited with code 3.*boom"):
-        labkit.start_server([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
-                            ready_url=f"http://127.0.0.1:{labkit.free_port()}/", log_path=tmp_path / "bad.log")
+        labkit.start_server(
+            [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+            ready_url=f"http://127.0.0.1:{labkit.free_port()}/",
+            log_path=tmp_path / "bad.log",
+        )
 
 
 def test_write_manifests_round_trips(tmp_path: Path) -> None:
-    path = labkit.write_manifests([deployment(restricted_container()), {"apiVersion": "v1", "kind": "Namespace",
-                                                                        "metadata": {"name": "ai"}}],
-                                  tmp_path / "out" / "all.yaml")
+    path = labkit.write_manifests(
+        [
+            deployment(restricted_container()),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ai"}},
+        ],
+        tmp_path / "out" / "all.yaml",
+    )
     docs = list(yaml.safe_load_all(path.read_text()))
     assert [d["kind"] for d in docs] == ["Deployment", "Namespace"]
     for doc in docs:
@@ -220,7 +284,9 @@ def test_glue_number_casts_numpy_scalars(monkeypatch: pytest.MonkeyPatch) -> Non
     import numpy as np
 
     glued = {}
-    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.__setitem__(name, value))
+    monkeypatch.setattr(
+        myst_nb, "glue", lambda name, value, display: glued.__setitem__(name, value)
+    )
     assert labkit.glue_number("speedup", np.float64(3.25)) == 3.25
     assert labkit.glue_number("count", np.int64(16)) == 16
     assert type(glued["speedup"]) is float and type(glued["count"]) is int
@@ -230,10 +296,18 @@ def test_glue_number_casts_numpy_scalars(monkeypatch: pytest.MonkeyPatch) -> Non
 
 # --- book: stamps and report ----------------------------------------------------------------------
 def test_code_hash_ignores_outputs_and_markdown_but_not_code() -> None:
-    nb = {"cells": [{"cell_type": "code", "source": "x = 1", "outputs": []},
-                    {"cell_type": "markdown", "source": "# title"}]}
-    same = {"cells": [{"cell_type": "code", "source": ["x = ", "1"], "outputs": [{"text": "1"}]},
-                      {"cell_type": "markdown", "source": "# other title"}]}
+    nb = {
+        "cells": [
+            {"cell_type": "code", "source": "x = 1", "outputs": []},
+            {"cell_type": "markdown", "source": "# title"},
+        ]
+    }
+    same = {
+        "cells": [
+            {"cell_type": "code", "source": ["x = ", "1"], "outputs": [{"text": "1"}]},
+            {"cell_type": "markdown", "source": "# other title"},
+        ]
+    }
     changed = {"cells": [{"cell_type": "code", "source": "x = 2", "outputs": []}]}
     assert book.code_hash(nb) == book.code_hash(same) != book.code_hash(changed)
 
@@ -245,9 +319,16 @@ def test_budget_defaults_and_override() -> None:
 
 
 def test_strip_volatile_drops_timestamps() -> None:
-    nb = {"metadata": {"papermill": {"start_time": "t"}},
-          "cells": [{"cell_type": "code", "metadata": {"papermill": {}, "execution": {}, "tags": ["x"]},
-                     "outputs": [{"metadata": {"papermill": {}}}]}]}
+    nb = {
+        "metadata": {"papermill": {"start_time": "t"}},
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"papermill": {}, "execution": {}, "tags": ["x"]},
+                "outputs": [{"metadata": {"papermill": {}}}],
+            }
+        ],
+    }
     stripped = book.strip_volatile(nb)
     assert "papermill" not in stripped["metadata"]
     assert stripped["cells"][0]["metadata"] == {"tags": ["x"]}
@@ -255,8 +336,19 @@ def test_strip_volatile_drops_timestamps() -> None:
 
 
 def test_render_report_lists_each_row() -> None:
-    text = book.render_report([{"notebook": "a.ipynb", "wall_s": 12.34, "budget_s": 90.0, "status": "ok",
-                                "date": "2026-01-01", "platform": "Linux", "hash": "abc"}])
+    text = book.render_report(
+        [
+            {
+                "notebook": "a.ipynb",
+                "wall_s": 12.34,
+                "budget_s": 90.0,
+                "status": "ok",
+                "date": "2026-01-01",
+                "platform": "Linux",
+                "hash": "abc",
+            }
+        ]
+    )
     assert "| `a.ipynb` | 12.3 | 90 | ok | 2026-01-01 | `abc` | Linux |" in text
 
 
@@ -266,37 +358,65 @@ def test_loopback_node_ips_stay_in_the_loopback_range_and_avoid_127_0_0_1() -> N
 
     ips = [labkit.loopback_node_ip(i) for i in range(5)]
     assert ips[0] == labkit.LOOPBACK_HEAD_IP == "127.0.0.2"
-    assert all(ipaddress.ip_address(ip).is_loopback for ip in ips) and "127.0.0.1" not in ips
+    assert (
+        all(ipaddress.ip_address(ip).is_loopback for ip in ips)
+        and "127.0.0.1" not in ips
+    )
     assert len(set(ips)) == 5
     with pytest.raises(ValueError):
         labkit.loopback_node_ip(-1)
 
 
-def test_describe_environment_without_ray_speaks_only_of_kubernetes(tmp_path: Path) -> None:
+def test_describe_environment_without_ray_speaks_only_of_kubernetes(
+    tmp_path: Path,
+) -> None:
     info = labkit.detect_environment({"KUBECONFIG": str(tmp_path / "none")})
-    line = labkit.describe_environment("cluster", {**info, "kubeconfig": None}, uses_ray=False)
+    line = labkit.describe_environment(
+        "cluster", {**info, "kubeconfig": None}, uses_ray=False
+    )
     assert "Ray" not in line and "no Kubernetes config" in line
 
 
 def test_edge_deployment_is_valid_restricted_and_pinned_to_edge_nodes() -> None:
     for runtime in labkit.EDGE_RUNTIMES:
-        deployment_ = labkit.edge_deployment("camera-counter", "ghcr.io/example/counter:1.0", cpu_millicores=250,
-                                             memory_mib=128, runtime=runtime, port=8080, model_config_map="model")
+        deployment_ = labkit.edge_deployment(
+            "camera-counter",
+            "ghcr.io/example/counter:1.0",
+            cpu_millicores=250,
+            memory_mib=128,
+            runtime=runtime,
+            port=8080,
+            model_config_map="model",
+        )
         manifest = labkit.validate_manifest(deployment_)
         assert labkit.check_pod_security_restricted(deployment_) == []
         spec = manifest["spec"]["template"]["spec"]
         assert spec["tolerations"][0]["key"] == "node-role.kubernetes.io/edge"
-        assert ("nodeSelector" in spec) == (runtime == "k3s") and ("affinity" in spec) == (runtime == "kubeedge")
+        assert ("nodeSelector" in spec) == (runtime == "k3s") and (
+            "affinity" in spec
+        ) == (runtime == "kubeedge")
         resources = spec["containers"][0]["resources"]
-        assert resources["requests"] == resources["limits"] == {"cpu": "250m", "memory": "128Mi"}
+        assert (
+            resources["requests"]
+            == resources["limits"]
+            == {"cpu": "250m", "memory": "128Mi"}
+        )
     with pytest.raises(ValueError, match="k3s, kubeedge"):
-        labkit.edge_deployment("x", "y:1", cpu_millicores=1, memory_mib=1, runtime="k8s")
+        labkit.edge_deployment(
+            "x", "y:1", cpu_millicores=1, memory_mib=1, runtime="k8s"
+        )
 
 
 def test_size_resources() -> None:
     # 4 ms a frame at 25 frames/s is 100 ms of CPU a second: 100 millicores, 150 with 1.5x headroom.
-    assert labkit.size_resources(4, 25, peak_rss_mib=100) == {"cpu_millicores": 150, "memory_mib": 150}
-    assert labkit.size_resources(0.1, 1, peak_rss_mib=1) == {"cpu_millicores": 50, "memory_mib": 32}
+    assert labkit.size_resources(4, 25, peak_rss_mib=100) == {
+        "cpu_millicores": 150,
+        "memory_mib": 150,
+    }
+    assert labkit.size_resources(0.1, 1, peak_rss_mib=1) == {
+        "cpu_millicores": 50,
+        "memory_mib": 32,
+    }
     with pytest.raises(ValueError):
         labkit.size_resources(0, 25, peak_rss_mib=100)
 
@@ -306,15 +426,27 @@ def test_export_and_quantize_onnx_keep_the_model_s_answers(tmp_path: Path) -> No
     import torch
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4)
+    )
     path = labkit.export_onnx(model, torch.randn(1, 64), tmp_path / "mlp.onnx")
     assert not (tmp_path / "mlp.onnx.data").exists()  # weights inside the one file
     inputs = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
     expected = model(torch.from_numpy(inputs)).detach().numpy()
-    for variant in (path, labkit.quantize_onnx_int8(path, tmp_path / "dynamic.onnx"),
-                    labkit.quantize_onnx_int8(path, tmp_path / "static.onnx", [{"input": inputs}])):
+    for variant in (
+        path,
+        labkit.quantize_onnx_int8(path, tmp_path / "dynamic.onnx"),
+        labkit.quantize_onnx_int8(path, tmp_path / "static.onnx", [{"input": inputs}]),
+    ):
         session = labkit.onnx_session(variant)
         got = session.run(None, {"input": inputs})[0]
-        assert got.shape == (32, 4) and np.abs(got - expected).max() < 0.05, variant.name
-        assert labkit.onnx_latency_ms(session, {"input": inputs[:1]}, repeats=3, warmup=1)["n"] == 3
+        assert got.shape == (32, 4) and np.abs(got - expected).max() < 0.05, (
+            variant.name
+        )
+        assert (
+            labkit.onnx_latency_ms(session, {"input": inputs[:1]}, repeats=3, warmup=1)[
+                "n"
+            ]
+            == 3
+        )
     assert (tmp_path / "dynamic.onnx").stat().st_size < path.stat().st_size / 2.5

@@ -19,18 +19,31 @@ dependencies:
   - python=3.11
   - pip
   - pip:
-    - --extra-index-url https://download.pytorch.org/whl/cpu
 """
 
 
 def pins(root: Path = ROOT) -> list[str]:
-    """The `name==version` lines of requirements.txt, in order."""
-    return [line.strip() for line in (root / "requirements.txt").read_text().splitlines()
-            if "==" in line and not line.lstrip().startswith("#")]
+    """The `name==version` lines of requirements.txt (markers included), in order."""
+    return [
+        line.strip()
+        for line in (root / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.lstrip().startswith(("#", "--"))
+    ]
+
+
+def index_lines(root: Path = ROOT) -> list[str]:
+    """The lock's index lines (`--extra-index-url ...`), in order."""
+    return [
+        line.strip()
+        for line in (root / "requirements.txt").read_text().splitlines()
+        if line.startswith(("--extra-index-url ", "--index-url "))
+    ]
 
 
 def render(root: Path = ROOT) -> str:
-    return HEADER + "".join(f"    - {pin}\n" for pin in pins(root))
+    return HEADER + "".join(
+        f"    - {line}\n" for line in index_lines(root) + pins(root)
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ from labkit.edge import (
     size_resources,
 )
 from labkit.environment import describe_environment, detect_environment
-from labkit.glue import glue_number
+from labkit.exercises import ExerciseDefect, check_exercise, not_implemented
+from labkit.glue import glue_number, glue_table
 from labkit.k8s import (
     check_pod_security_restricted,
+    output_dir,
     to_dict,
     validate_custom_resource,
     validate_manifest,
@@ -25,11 +27,24 @@ from labkit.k8s import (
 from labkit.measure import summarize, time_calls
 from labkit.plotting import use_book_style
 from labkit.profiles import PROFILES, check_choice, check_positive, check_profile, pick
-from labkit.servers import free_port, start_server, stop_all_servers, stop_server, wait_ready
 from labkit.ray_local import LOOPBACK_HEAD_IP, init_ray, loopback_node_ip
+from labkit.servers import (
+    free_port,
+    send_json,
+    start_server,
+    stop_all_servers,
+    stop_server,
+    wait_ready,
+)
 
 __all__ = [
     "EDGE_RUNTIMES",
+    "ExerciseDefect",
+    "check_exercise",
+    "glue_table",
+    "not_implemented",
+    "output_dir",
+    "send_json",
     "edge_deployment",
     "export_onnx",
     "onnx_latency_ms",

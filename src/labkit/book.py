@@ -1,20 +1,26 @@
 """Execute notebooks into the book and keep their stamps: `python -m labkit.book {execute,report,stale}`.
 
-A stored notebook carries, in `metadata.labkit.stamp`, the hash of its code cells, the lock files and
-labkit's sources at the run that produced its outputs, with that run's wall time, date and platform. A
-notebook is stale when its stamp no longer matches; `execute` re-runs stale ones (or those named) with
-papermill at default parameters, strips volatile metadata, stamps them, and rewrites the execution
-report (`book/execution-report.json` and the page `book/execution-report.md`).
+A stored notebook carries, in `metadata.labkit.stamp`, a hash of what its outputs depend on: its code
+cells; the lock files and labkit's sources; the files beside it that it imports or reads (helper modules,
+configuration) and the versions of the system tools it declares in `metadata.labkit.tools`. The stamp
+also holds the wall time of that `laptop` run and of a `smoke` run made right after it, with date and
+platform. A notebook is stale when its stamp no longer matches; `execute` re-runs stale ones (or those
+named), strips volatile metadata, stamps them, and rewrites the execution report
+(`book/execution-report.json` and the page `book/execution-report.md`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +32,15 @@ LOCK_FILES = ("requirements.txt", "requirements-nodeps.txt")
 DEFAULT_BUDGET_S = {"laptop": 90, "smoke": 30}
 REPORT_JSON = Path("book/execution-report.json")
 REPORT_MD = Path("book/execution-report.md")
+CI_TIMINGS = Path("book/ci-timings.json")
+# Files a notebook writes (labkit.output_dir) are outputs, not inputs of its stamp.
+OUTPUT_FOLDERS = ("manifests",)
+CI_GOAL_MIN = 45
+CHAPTERS_PLANNED = 35
+_READ_NAME = re.compile(
+    r"""["']([\w./-]+\.(?:py|ya?ml|json|txt|csv|cfg|toml|sh|conf|j2))["']"""
+)
+_IGNORED = ("NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP")
 
 
 def toc_files(root: Path = ROOT) -> list[str]:
@@ -66,7 +81,9 @@ def environment_hash(root: Path = ROOT) -> str:
     for name in LOCK_FILES:
         digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
     for source in sorted((root / "src" / "labkit").rglob("*.py")):
-        digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes() + b"\0")
+        digest.update(
+            str(source.relative_to(root)).encode() + b"\0" + source.read_bytes() + b"\0"
+        )
     return digest.hexdigest()[:16]
 
 
@@ -75,19 +92,118 @@ def code_hash(nb: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
-            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            source = (
+                cell["source"]
+                if isinstance(cell["source"], str)
+                else "".join(cell["source"])
+            )
             digest.update(source.encode() + b"\0")
     return digest.hexdigest()[:16]
 
 
-def expected_stamp_hash(nb: dict[str, Any], root: Path = ROOT) -> str:
-    """The hash a fresh stamp of `nb` would carry now."""
-    return f"{code_hash(nb)}-{environment_hash(root)}"
+def code_sources(nb: dict[str, Any]) -> list[str]:
+    """The source of every code cell, as one string each."""
+    return [
+        c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+    ]
+
+
+def _imported_names(text: str) -> set[str]:
+    """Top-level module names a piece of Python imports (IPython magics and shell lines are skipped)."""
+    lines = [
+        line for line in text.splitlines() if not line.lstrip().startswith(("%", "!"))
+    ]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
+    """Files beside `notebook` that it imports (recursively) or names as a string, outputs excluded.
+
+    Paths are relative to `root`, sorted. Helper modules that import one another are followed.
+    """
+    folder = (root / notebook).parent
+    nb = json.loads((root / notebook).read_text())
+    texts = code_sources(nb)
+    found: set[Path] = set()
+    while texts:
+        text = texts.pop()
+        candidates = [folder / f"{name}.py" for name in _imported_names(text)]
+        candidates += [folder / name for name in _READ_NAME.findall(text)]
+        for path in candidates:
+            try:
+                rel = path.resolve().relative_to(folder.resolve())
+            except ValueError:
+                continue
+            if (
+                rel.parts
+                and rel.parts[0] in OUTPUT_FOLDERS
+                or not path.is_file()
+                or path in found
+            ):
+                continue
+            found.add(path)
+            if path.suffix == ".py":
+                texts.append(path.read_text())
+    return sorted(p.resolve().relative_to(root.resolve()) for p in found)
+
+
+def declared_tools(nb: dict[str, Any]) -> dict[str, str]:
+    """The system tools a notebook declares: {tool: what the chapter does without it}."""
+    return dict(nb.get("metadata", {}).get("labkit", {}).get("tools", {}))
+
+
+def tool_version(tool: str) -> str:
+    """The first line `tool --version` prints, or 'missing' when the tool is not on PATH."""
+    path = shutil.which(tool)
+    if path is None:
+        return "missing"
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unknown ({type(err).__name__})"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+def local_hash(notebook: Path, root: Path = ROOT) -> str:
+    """sha256 over the notebook's helper files and the versions of the system tools it declares."""
+    nb = json.loads((root / notebook).read_text())
+    digest = hashlib.sha256()
+    for path in helper_files(notebook, root):
+        digest.update(str(path).encode() + b"\0" + (root / path).read_bytes() + b"\0")
+    for tool in sorted(declared_tools(nb)):
+        digest.update(f"{tool}={tool_version(tool)}".encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def expected_stamp_hash(
+    nb: dict[str, Any], root: Path = ROOT, notebook: Path | None = None
+) -> str:
+    """The hash a fresh stamp of `nb` (stored at `notebook`) would carry now."""
+    local = local_hash(notebook, root) if notebook is not None else "none"
+    return f"{code_hash(nb)}-{environment_hash(root)}-{local}"
 
 
 def budget_s(nb: dict[str, Any], profile: str = "laptop") -> float:
     """The notebook's time budget in seconds for `profile` (metadata.labkit.budget_s, else the default)."""
-    budgets = {**DEFAULT_BUDGET_S, **nb.get("metadata", {}).get("labkit", {}).get("budget_s", {})}
+    budgets = {
+        **DEFAULT_BUDGET_S,
+        **nb.get("metadata", {}).get("labkit", {}).get("budget_s", {}),
+    }
     return float(budgets[profile])
 
 
@@ -95,7 +211,35 @@ def is_stale(path: Path, root: Path = ROOT) -> bool:
     """True when the notebook has no stamp or its stamp does not match its code and environment."""
     nb = json.loads((root / path).read_text())
     stamp = nb.get("metadata", {}).get("labkit", {}).get("stamp", {})
-    return stamp.get("hash") != expected_stamp_hash(nb, root)
+    return stamp.get("hash") != expected_stamp_hash(nb, root, path)
+
+
+def compared_cells(nb: dict[str, Any]) -> tuple[int, int]:
+    """(compared, with output): code cells with outputs, and those nbval compares (no IGNORE/SKIP mark)."""
+    with_output = [
+        c for c in nb["cells"] if c["cell_type"] == "code" and c.get("outputs")
+    ]
+    ignored = [
+        c
+        for c in with_output
+        if any(mark in "".join(c["source"]) for mark in _IGNORED)
+        or {"nbval-ignore-output", "nbval-skip"}
+        & set(c.get("metadata", {}).get("tags", []))
+    ]
+    return len(with_output) - len(ignored), len(with_output)
+
+
+def code_and_prose_chars(nb: dict[str, Any]) -> tuple[int, int]:
+    """Characters of code (code cells) and of prose (Markdown cells)."""
+    sizes = {"code": 0, "markdown": 0}
+    for cell in nb["cells"]:
+        if cell["cell_type"] in sizes:
+            sizes[cell["cell_type"]] += len(
+                cell["source"]
+                if isinstance(cell["source"], str)
+                else "".join(cell["source"])
+            )
+    return sizes["code"], sizes["markdown"]
 
 
 def strip_volatile(nb: dict[str, Any]) -> dict[str, Any]:
@@ -110,30 +254,62 @@ def strip_volatile(nb: dict[str, Any]) -> dict[str, Any]:
     return nb
 
 
-def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, Any]:
-    """Run one notebook in place with papermill at default parameters; strip, stamp, save. Return its stamp."""
+def run_papermill(
+    source: Path,
+    out: Path,
+    parameters: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: int = 900,
+) -> float:
+    """Run `source` into `out` with papermill in the notebook's folder; return the wall time in seconds."""
     import papermill
 
-    source = root / path
     env_before = dict(os.environ)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ.update(env or {})
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(out),
+            parameters=parameters or {},
+            cwd=str(source.parent),
+            kernel_name="python3",
+            progress_bar=False,
+            execution_timeout=timeout_s,
+            log_output=False,
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    return time.perf_counter() - start
+
+
+def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, Any]:
+    """Run one notebook in place at default parameters, then once at profile=smoke; strip, stamp, save.
+
+    The smoke run writes its files under `_build/` and only its wall time is kept. Return the stamp.
+    """
+    source = root / path
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(source), str(out), cwd=str(source.parent), kernel_name="python3",
-                progress_bar=False, execution_timeout=timeout_s, log_output=False,
-            )
-        finally:
-            os.environ.clear()
-            os.environ.update(env_before)
-        wall_s = time.perf_counter() - start
+        wall_s = run_papermill(source, out, timeout_s=timeout_s)
         nb = strip_volatile(json.loads(out.read_text()))
+        smoke_s = run_papermill(
+            source,
+            Path(tmp) / f"smoke-{path.name}",
+            {"profile": "smoke"},
+            {"LABKIT_OUTPUT_ROOT": str(root / "_build" / "outputs")},
+            timeout_s,
+        )
+    source.write_text(
+        json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    )  # helper hash reads it back
     stamp = {
-        "hash": expected_stamp_hash(nb, root),
+        "hash": expected_stamp_hash(nb, root, path),
         "wall_s": round(wall_s, 1),
+        "smoke_wall_s": round(smoke_s, 1),
         "profile": "laptop",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs",
@@ -144,47 +320,133 @@ def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, An
 
 
 def report_rows(root: Path = ROOT) -> list[dict[str, Any]]:
-    """One row per toc notebook: wall time against budget, status, date, environment hash."""
+    """One row per toc notebook: stamped times against budgets, status, compared share, sizes, CI times."""
+    ci = load_ci_timings(root).get("notebooks", {})
     rows = []
     for path in toc_notebooks(root):
         nb = json.loads((root / path).read_text())
         stamp = nb.get("metadata", {}).get("labkit", {}).get("stamp", {})
-        budget = budget_s(nb)
-        wall = stamp.get("wall_s")
+        budget, smoke_budget = budget_s(nb), budget_s(nb, "smoke")
+        wall, smoke = stamp.get("wall_s"), stamp.get("smoke_wall_s")
         if is_stale(path, root):
             status = "stale"
-        elif wall is None or wall > budget:
+        elif wall is None or wall > budget or smoke is None or smoke > smoke_budget:
             status = "over budget"
         else:
             status = "ok"
-        rows.append({
-            "notebook": str(path), "wall_s": wall, "budget_s": budget, "status": status,
-            "date": stamp.get("date"), "platform": stamp.get("platform"),
-            "hash": stamp.get("hash", "").split("-")[-1] if stamp else None,
-        })
+        compared, with_output = compared_cells(nb)
+        code_chars, prose_chars = code_and_prose_chars(nb)
+        parts = stamp.get("hash", "").split("-")
+        rows.append(
+            {
+                "notebook": str(path),
+                "wall_s": wall,
+                "budget_s": budget,
+                "smoke_wall_s": smoke,
+                "smoke_budget_s": smoke_budget,
+                "status": status,
+                "compared": compared,
+                "with_output": with_output,
+                "code_chars": code_chars,
+                "prose_chars": prose_chars,
+                "ci": ci.get(str(path), {}),
+                "date": stamp.get("date"),
+                "platform": stamp.get("platform"),
+                "hash": parts[1] if len(parts) > 1 else None,
+            }
+        )
     return rows
 
 
-def render_report(rows: list[dict[str, Any]]) -> str:
+def load_ci_timings(root: Path = ROOT) -> dict[str, Any]:
+    """book/ci-timings.json (written by `python -m labkit.book ci-times`), or {} when absent."""
+    path = root / CI_TIMINGS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def ci_projection(
+    timings: dict[str, Any], chapters: int = CHAPTERS_PLANNED
+) -> dict[str, float]:
+    """Today's test time and its projection to `chapters`: fixed cost plus chapters × mean per-chapter cost."""
+    per_chapter = [sum(t.values()) for t in timings["notebooks"].values()]
+    mean_s = sum(per_chapter) / len(per_chapter)
+    fixed_s = timings["total_s"] - sum(per_chapter)
+    return {
+        "chapters": len(per_chapter),
+        "total_min": timings["total_s"] / 60,
+        "mean_chapter_s": mean_s,
+        "fixed_s": fixed_s,
+        "setup_s": timings.get("setup_s", 0.0),
+        "projected_min": (fixed_s + chapters * mean_s + timings.get("setup_s", 0.0))
+        / 60,
+    }
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def render_report(
+    rows: list[dict[str, Any]], timings: dict[str, Any] | None = None
+) -> str:
     """The execution report page as MyST Markdown."""
     lines = [
         "# Execution report",
         "",
         "Every chapter is stored with the outputs of its reference run, made by `make execute` at the",
-        "`laptop` profile. This table is written by that command from the stamps in the notebooks; CI",
-        "re-runs every notebook (nbval compares the outputs, papermill runs the `smoke` profile) and fails",
-        "when a stamp is stale or a time is over its budget.",
+        "`laptop` profile; the same command then runs it once at the `smoke` profile and stamps both wall",
+        "times. The tests fail when a stamp is stale (its code, the lock, labkit, a helper file beside it or a",
+        "system tool it declares changed since) or when a stamped time is over its budget. CI re-runs every",
+        "notebook with nbval, which compares the outputs, and times that run; it re-runs the `smoke` profile",
+        "of the Ray chapters against a real two-node cluster and fails when that run is over its smoke budget.",
         "",
-        "| Notebook | Wall time (s) | Budget (s) | Status | Date | Environment hash | Platform |",
-        "| --- | ---: | ---: | --- | --- | --- | --- |",
+        "| Notebook | Laptop (s) | Budget | Smoke (s) | Budget | Status | Compared cells | Code / prose (k chars) "
+        "| CI nbval (s) | CI smoke (s) |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        wall = "–" if row["wall_s"] is None else f"{row['wall_s']:.1f}"
+        share = row["compared"] / row["with_output"] if row["with_output"] else 0.0
+        ci = row.get("ci") or {}
         lines.append(
-            f"| `{row['notebook']}` | {wall} | {row['budget_s']:.0f} | {row['status']} | {row['date'] or '–'} "
-            f"| `{row['hash'] or '–'}` | {row['platform'] or '–'} |"
+            f"| `{row['notebook']}` | {_fmt(row['wall_s'])} | {row['budget_s']:.0f} | {_fmt(row['smoke_wall_s'])} "
+            f"| {row['smoke_budget_s']:.0f} | {row['status']} | {row['compared']}/{row['with_output']} "
+            f"({share:.0%}) | {row['code_chars'] / 1000:.1f} / {row['prose_chars'] / 1000:.1f} "
+            f"| {_fmt(ci.get('nbval'))} | {_fmt(ci.get('smoke'))} |"
         )
-    lines += ["", "The environment hash covers `requirements.txt`, `requirements-nodeps.txt` and labkit's sources.", ""]
+    compared = sum(r["compared"] for r in rows)
+    with_output = sum(r["with_output"] for r in rows)
+    lines += [
+        "",
+        f"nbval compares {compared} of {with_output} output cells "
+        f"({compared / max(with_output, 1):.0%}) book-wide.",
+        "",
+    ]
+    stamps = sorted(
+        {(r["date"], r["platform"], r["hash"]) for r in rows if r["date"]}, key=str
+    )
+    for date, machine, env in stamps:
+        lines.append(f"- Stamped on {date}, {machine}, environment hash `{env}`.")
+    lines += [
+        "",
+        "The environment hash covers `requirements.txt`, `requirements-nodeps.txt` and labkit's sources.",
+        "",
+    ]
+    if timings:
+        p = ci_projection(timings)
+        lines += [
+            "## CI time and its projection",
+            "",
+            f"Measured on {timings['date']} ({timings['machine']}): `make test` ran {p['total_min']:.1f} min "
+            f"for {p['chapters']} chapters, after {p['setup_s'] / 60:.1f} min of setup in a fresh clone. "
+            f"Each chapter cost {p['mean_chapter_s']:.0f} s on average (nbval, the bad-profile check, and "
+            f"the smoke run where CI makes one); everything else (labkit and harness tests, book build, "
+            f"browsers) took {p['fixed_s'] / 60:.1f} min.",
+            "",
+            f"At {CHAPTERS_PLANNED} chapters of the same mean cost, CI would take about "
+            f"**{p['projected_min']:.0f} min** with setup, against a goal of {CI_GOAL_MIN} min "
+            "(`tests/test_hygiene.py` holds it).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -192,26 +454,79 @@ def write_report(root: Path = ROOT) -> list[dict[str, Any]]:
     """Write book/execution-report.json and book/execution-report.md; return the rows."""
     rows = report_rows(root)
     (root / REPORT_JSON).write_text(json.dumps(rows, indent=1) + "\n")
-    (root / REPORT_MD).write_text(render_report(rows))
+    (root / REPORT_MD).write_text(render_report(rows, load_ci_timings(root) or None))
     return rows
+
+
+def ci_timings(run: dict[str, Any], setup_s: float = 0.0) -> dict[str, Any]:
+    """Per-notebook seconds (nbval, smoke, bad profile) and the run's total, from a test run's durations."""
+    notebooks: dict[str, dict[str, float]] = {}
+    for nodeid, seconds in run["durations"].items():
+        file_part, _, rest = nodeid.partition("::")
+        if file_part.endswith(".ipynb"):
+            name, kind = file_part, "nbval"
+        elif file_part.endswith("test_smoke.py") and "[" in rest:
+            name = rest[rest.index("[") + 1 : -1]
+            kind = "smoke" if rest.startswith("test_smoke_profile") else "bad_profile"
+        else:
+            continue
+        entry = notebooks.setdefault(name, {})
+        entry[kind] = round(entry.get(kind, 0.0) + seconds, 1)
+    return {
+        "date": run["date"],
+        "machine": run["machine"],
+        "total_s": round(run["total_s"], 1),
+        "setup_s": round(setup_s, 1),
+        "notebooks": dict(sorted(notebooks.items())),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: execute [NB ...] [--all], report, stale."""
     parser = argparse.ArgumentParser(prog="python -m labkit.book", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("execute", help="re-run stale notebooks (or the ones named) and stamp them")
-    run.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run even when not stale")
-    run.add_argument("--all", action="store_true", help="re-run every notebook in _toc.yml")
+    run = sub.add_parser(
+        "execute", help="re-run stale notebooks (or the ones named) and stamp them"
+    )
+    run.add_argument(
+        "notebooks", nargs="*", type=Path, help="notebooks to run even when not stale"
+    )
+    run.add_argument(
+        "--all", action="store_true", help="re-run every notebook in _toc.yml"
+    )
     sub.add_parser("report", help="rewrite the execution report from the stamps")
     sub.add_parser("stale", help="list stale notebooks; exit 1 if any")
     sub.add_parser("list", help="print the notebooks of _toc.yml, one a line")
+    times = sub.add_parser(
+        "ci-times", help="turn a test run's durations into book/ci-timings.json"
+    )
+    times.add_argument(
+        "durations",
+        type=Path,
+        help="the _build/test-durations.json a full `make test` wrote",
+    )
+    times.add_argument(
+        "--setup-s", type=float, default=0.0, help="seconds of setup before the tests"
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "ci-times":
+        timings = ci_timings(json.loads(args.durations.read_text()), args.setup_s)
+        (ROOT / CI_TIMINGS).write_text(json.dumps(timings, indent=1) + "\n")
+        write_report()
+        print(render_report(report_rows(), timings).split("## CI time")[-1])
+        return 0
+
     if args.command == "execute":
-        targets = args.notebooks or [p for p in toc_notebooks() if args.all or is_stale(p)]
+        targets = args.notebooks or [
+            p for p in toc_notebooks() if args.all or is_stale(p)
+        ]
         for path in targets:
-            path = path.resolve().relative_to(ROOT) if path.is_absolute() or path.exists() else path
+            path = (
+                path.resolve().relative_to(ROOT)
+                if path.is_absolute() or path.exists()
+                else path
+            )
             print(f"executing {path} ...", flush=True)
             stamp = execute(path)
             print(f"  {stamp['wall_s']} s", flush=True)

@@ -28,23 +28,37 @@ def _gpu() -> dict[str, Any] | None:
     Importing torch costs seconds, so it is only asked when it is already imported or an NVIDIA driver
     is present; without torch installed there is no GPU to use.
     """
-    driver_present = Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
-    if "torch" not in sys.modules and (not driver_present or importlib.util.find_spec("torch") is None):
+    driver_present = (
+        Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+    )
+    if "torch" not in sys.modules and (
+        not driver_present or importlib.util.find_spec("torch") is None
+    ):
         return None
     import torch
 
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)
-    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count()}
+    return {
+        "name": props.name,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "count": torch.cuda.device_count(),
+    }
 
 
 def kubeconfig_path(env: dict[str, str] | None = None) -> str | None:
     """The kubeconfig a client would load ($KUBECONFIG or ~/.kube/config), or 'in-cluster', or None."""
     env = os.environ if env is None else env
-    if env.get("KUBERNETES_SERVICE_HOST") and Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists():
+    if (
+        env.get("KUBERNETES_SERVICE_HOST")
+        and Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
+    ):
         return "in-cluster"
-    for candidate in (env.get("KUBECONFIG", "").split(os.pathsep)[0], str(Path.home() / ".kube" / "config")):
+    for candidate in (
+        env.get("KUBECONFIG", "").split(os.pathsep)[0],
+        str(Path.home() / ".kube" / "config"),
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     return None
@@ -64,7 +78,9 @@ def detect_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def describe_environment(profile: str, info: dict[str, Any] | None = None, *, uses_ray: bool = True) -> str:
+def describe_environment(
+    profile: str, info: dict[str, Any] | None = None, *, uses_ray: bool = True
+) -> str:
     """One line saying what a notebook at `profile` runs against, and what the cluster profile lacks.
 
     Chapters that do not use Ray pass `uses_ray=False`, so the line does not speak of a Ray cluster.
@@ -73,7 +89,11 @@ def describe_environment(profile: str, info: dict[str, Any] | None = None, *, us
     gpu = f"GPU {info['gpu']['name']}" if info["gpu"] else "no GPU"
     line = f"profile={profile}: {info['cpus']} CPUs, {info['memory_gib']} GiB, {gpu}"
     if profile == "cluster":
-        ray = f"Ray at {info['ray_address']}" if info["ray_address"] else "no RAY_ADDRESS: local Ray instead"
+        ray = (
+            f"Ray at {info['ray_address']}"
+            if info["ray_address"]
+            else "no RAY_ADDRESS: local Ray instead"
+        )
         kube = (
             f"Kubernetes config {info['kubeconfig']}"
             if info["kubeconfig"]

@@ -8,6 +8,7 @@ strictly, as a Pod.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 # The schema version matching the pinned kubernetes client (30.x <-> Kubernetes 1.30).
 K8S_VERSION = "1.30.0"
 
-_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_1123 = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _RESTRICTED_VOLUMES = {
     "configMap",
     "csi",
@@ -58,8 +61,10 @@ def validate_manifest(obj: Any, *, version: str = K8S_VERSION) -> dict[str, Any]
     try:
         kubernetes_validate.validate(manifest, version, strict=True)
     except kubernetes_validate.SchemaNotFoundError as err:
-        raise ValueError(f"{name}: no built-in schema for this kind in Kubernetes {version}; "
-                         "use validate_custom_resource() for a CRD") from err
+        raise ValueError(
+            f"{name}: no built-in schema for this kind in Kubernetes {version}; "
+            "use validate_custom_resource() for a CRD"
+        ) from err
     except kubernetes_validate.ValidationError as err:
         path = "/".join(str(p) for p in err.path) or "(top level)"
         raise ValueError(f"{name}: invalid at {path}: {err.message}") from err
@@ -99,12 +104,16 @@ def validate_custom_resource(
     name = _describe(manifest)
     api_version = manifest.get("apiVersion", "")
     if "/" not in api_version:
-        raise ValueError(f"{name}: apiVersion {api_version!r} needs a group, e.g. 'ray.io/v1'")
+        raise ValueError(
+            f"{name}: apiVersion {api_version!r} needs a group, e.g. 'ray.io/v1'"
+        )
     if not manifest.get("kind"):
         raise ValueError(f"{name}: kind is missing")
     meta_name = manifest.get("metadata", {}).get("name", "")
     if not _DNS_1123.match(meta_name) or len(meta_name) > 253:
-        raise ValueError(f"{name}: metadata.name {meta_name!r} is not a DNS-1123 subdomain")
+        raise ValueError(
+            f"{name}: metadata.name {meta_name!r} is not a DNS-1123 subdomain"
+        )
     for dotted in required:
         node: Any = manifest
         for part in dotted.split("."):
@@ -114,11 +123,18 @@ def validate_custom_resource(
     extra = set(pod_spec_extra_keys)
     for path, spec in pod_specs(manifest):
         pod_spec = {key: value for key, value in spec.items() if key not in extra}
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "template"}, "spec": pod_spec}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "template"},
+            "spec": pod_spec,
+        }
         try:
             validate_manifest(pod, version=version)
         except ValueError as err:
-            raise ValueError(f"{name}: pod template at {path} is invalid: {err}") from err
+            raise ValueError(
+                f"{name}: pod template at {path} is invalid: {err}"
+            ) from err
     return manifest
 
 
@@ -142,7 +158,9 @@ def check_pod_security_restricted(obj: Any) -> list[str]:
         for volume in spec.get("volumes") or []:
             kinds = set(volume) - {"name"}
             if not kinds <= _RESTRICTED_VOLUMES:
-                problems.append(f"{where}: volume {volume.get('name')!r} uses {sorted(kinds)}, not allowed")
+                problems.append(
+                    f"{where}: volume {volume.get('name')!r} uses {sorted(kinds)}, not allowed"
+                )
         if pod_sc.get("runAsUser") == 0:
             problems.append(f"{where}: securityContext.runAsUser must not be 0")
         containers = [*(spec.get("initContainers") or []), *spec["containers"]]
@@ -152,20 +170,34 @@ def check_pod_security_restricted(obj: Any) -> list[str]:
             if sc.get("privileged"):
                 problems.append(f"{cw}: privileged must not be true")
             if sc.get("allowPrivilegeEscalation") is not False:
-                problems.append(f"{cw}: securityContext.allowPrivilegeEscalation must be false")
-            if not (sc.get("runAsNonRoot") is True or (pod_sc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is not False)):
+                problems.append(
+                    f"{cw}: securityContext.allowPrivilegeEscalation must be false"
+                )
+            if not (
+                sc.get("runAsNonRoot") is True
+                or (
+                    pod_sc.get("runAsNonRoot") is True
+                    and sc.get("runAsNonRoot") is not False
+                )
+            ):
                 problems.append(f"{cw}: runAsNonRoot must be true (pod or container)")
             if sc.get("runAsUser") == 0:
                 problems.append(f"{cw}: runAsUser must not be 0")
-            seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+            seccomp = (
+                sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}
+            ).get("type")
             if seccomp not in ("RuntimeDefault", "Localhost"):
-                problems.append(f"{cw}: seccompProfile.type must be RuntimeDefault or Localhost")
+                problems.append(
+                    f"{cw}: seccompProfile.type must be RuntimeDefault or Localhost"
+                )
             caps = sc.get("capabilities") or {}
             if "ALL" not in (caps.get("drop") or []):
                 problems.append(f"{cw}: capabilities.drop must include ALL")
             extra = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
             if extra:
-                problems.append(f"{cw}: capabilities.add may only hold NET_BIND_SERVICE, not {sorted(extra)}")
+                problems.append(
+                    f"{cw}: capabilities.add may only hold NET_BIND_SERVICE, not {sorted(extra)}"
+                )
             if sc.get("procMount") not in (None, "Default"):
                 problems.append(f"{cw}: procMount must be Default")
             for port in c.get("ports") or []:
@@ -189,3 +221,22 @@ def write_manifests(objs: Iterable[Any], path: str | Path) -> Path:
 
 def _describe(manifest: Mapping[str, Any]) -> str:
     return f"{manifest.get('kind', '?')}/{(manifest.get('metadata') or {}).get('name', '?')}"
+
+
+OUTPUT_ROOT_ENV = "LABKIT_OUTPUT_ROOT"
+
+
+def output_dir(chapter: str) -> Path:
+    """Where a chapter writes its manifests and other files: `manifests/<chapter>` beside the notebook.
+
+    The tests set $LABKIT_OUTPUT_ROOT to a folder under `_build/`, so that running a notebook there leaves
+    the working tree as it was; `make execute` writes the files the book links to.
+    """
+    if not _DNS_1123.match(chapter):
+        raise ValueError(
+            f"chapter={chapter!r} is not valid; use the notebook's file name, e.g. 'mec-5g'"
+        )
+    root = os.environ.get(OUTPUT_ROOT_ENV)
+    path = (Path(root) if root else Path("manifests")) / chapter
+    path.mkdir(parents=True, exist_ok=True)
+    return path

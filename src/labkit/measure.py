@@ -24,10 +24,14 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def time_calls(fn: Callable[[], Any], *, repeats: int = 10, warmup: int = 2) -> dict[str, Any]:
+def time_calls(
+    fn: Callable[[], Any], *, repeats: int = 10, warmup: int = 2
+) -> dict[str, Any]:
     """Call `fn` `warmup` times untimed, then `repeats` times timed; return summarize() of seconds."""
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+        raise ValueError(
+            f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}"
+        )
     for _ in range(warmup):
         fn()
     seconds = []

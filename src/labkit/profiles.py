@@ -24,12 +24,19 @@ def check_choice(name: str, value: T, valid: Iterable[T]) -> T:
     return value
 
 
-def check_positive(name: str, value: Any, *, integer: bool = True, maximum: float | None = None) -> Any:
+def check_positive(
+    name: str, value: Any, *, integer: bool = True, maximum: float | None = None
+) -> Any:
     """Return `value` if it is a positive number (an int when `integer`) not above `maximum`."""
     kind = "a positive integer" if integer else "a positive number"
     limit = f" no larger than {maximum}" if maximum is not None else ""
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or value <= 0 or (maximum is not None and value > maximum):
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or value <= 0
+        or (maximum is not None and value > maximum)
+    ):
         raise ValueError(f"{name}={value!r} is not valid; it must be {kind}{limit}")
     return value
 
@@ -39,5 +46,7 @@ def pick(profile: str, sizes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
     check_profile(profile)
     missing = [p for p in PROFILES if p not in sizes]
     if missing:
-        raise ValueError(f"sizes table lacks profiles {missing}; it must define all of {list(PROFILES)}")
+        raise ValueError(
+            f"sizes table lacks profiles {missing}; it must define all of {list(PROFILES)}"
+        )
     return dict(sizes[profile])

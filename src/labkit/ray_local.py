@@ -28,13 +28,27 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> str:
     """
     import ray
 
-    quiet = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
+    quiet = {
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+        "configure_logging": True,
+    }
     quiet.update(kwargs.pop("driver_options", {}))
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet, **{k: v for k, v in kwargs.items() if k not in ("include_dashboard",)})
+        ray.init(
+            address=address,
+            **quiet,
+            **{k: v for k, v in kwargs.items() if k not in ("include_dashboard",)},
+        )
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
         return f"connected to the Ray cluster at RAY_ADDRESS: {nodes} node(s)"
-    ray.init(address="local", _node_ip_address=LOOPBACK_HEAD_IP, num_cpus=num_cpus, **quiet, **kwargs)
+    ray.init(
+        address="local",
+        _node_ip_address=LOOPBACK_HEAD_IP,
+        num_cpus=num_cpus,
+        **quiet,
+        **kwargs,
+    )
     cpus = int(ray.cluster_resources().get("CPU", 0))
     return f"started a local Ray instance on {LOOPBACK_HEAD_IP} with {cpus} CPUs (no RAY_ADDRESS set)"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import atexit
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 _STARTED: list[subprocess.Popen[bytes]] = []
 
@@ -30,7 +32,9 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, *, timeout_s: float = 30) -> float:
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes] | None = None, *, timeout_s: float = 30
+) -> float:
     """Poll `url` with GET until it answers 200; return the seconds waited. Raises if the process exits first."""
     started = time.perf_counter()
     parts = urllib.parse.urlsplit(url)
@@ -39,7 +43,9 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, *, time
         path += "?" + parts.query
     while True:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with code {process.returncode} before it was ready")
+            raise RuntimeError(
+                f"{url}: the process exited with code {process.returncode} before it was ready"
+            )
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
         try:
             conn.request("GET", path)
@@ -72,15 +78,24 @@ def start_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=full_env, cwd=cwd, start_new_session=True)
+        process = subprocess.Popen(
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     _STARTED.append(process)
     if ready_url is not None:
         try:
             wait_ready(ready_url, process, timeout_s=timeout_s)
         except (RuntimeError, TimeoutError) as err:
             stop_server(process)
-            raise RuntimeError(f"{err}\n--- last lines of {log_path.name} ---\n{_log_tail(log_path)}") from None
+            raise RuntimeError(
+                f"{err}\n--- last lines of {log_path.name} ---\n{_log_tail(log_path)}"
+            ) from None
     return process
 
 
@@ -110,3 +125,20 @@ def stop_all_servers() -> None:
     """Stop every server `start_server` started and nobody stopped (runs at interpreter exit)."""
     for process in list(reversed(_STARTED)):
         stop_server(process)
+
+
+def send_json(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: Any,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Answer an `http.server` request with `body` as JSON (Content-Type and Content-Length set)."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
