@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -63,9 +64,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("notebook", paths, ids=[str(p) for p in paths])
 
 
+def git_status() -> str:
+    """`git status --porcelain` of the checkout (untracked files included, ignored ones not)."""
+    done = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+GIT_STATUS_AT_START: list[str] = []
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     EXERCISE_LOG.parent.mkdir(parents=True, exist_ok=True)
     EXERCISE_LOG.write_text("")
+    GIT_STATUS_AT_START.append(git_status())
 
 
 def pytest_collection_modifyitems(

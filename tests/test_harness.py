@@ -128,3 +128,62 @@ def test_hygiene_flags_cells_run_out_of_order(tmp_path: Path) -> None:
     nb = nbchecks.load(path)
     nb["cells"][1]["execution_count"], nb["cells"][2]["execution_count"] = 3, 2
     assert any("out of order" in p for p in nbchecks.structure_problems(nb))
+
+
+def exercise_notebook(path: Path, reader_src: str, wrong: str = "[3]") -> Path:
+    """A notebook with one exercise in the frame's pattern; `reader_src` is the reader's cell."""
+    check = (
+        "import labkit\n\ndef check(a):\n    assert a == 2, 'not two'\n\n"
+        f"labkit.check_exercise('t-ex', check, answer, wrong={wrong}, hint='h')"
+    )
+    ref = f"labkit.check_exercise('t-ex', check, answer, wrong={wrong}, hint='h', reference=True)"
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            'profile = "laptop"', metadata={"tags": ["parameters"]}
+        ),
+        nbformat.v4.new_markdown_cell("```{exercise}\n:label: t-ex\n\nTwo.\n```"),
+        nbformat.v4.new_code_cell(reader_src),
+        nbformat.v4.new_code_cell(check),
+        nbformat.v4.new_markdown_cell(
+            "```{solution-start} t-ex\n:class: dropdown\n```\nTwo."
+        ),
+        nbformat.v4.new_code_cell("answer = 2"),
+        nbformat.v4.new_code_cell(ref),
+        nbformat.v4.new_markdown_cell("```{solution-end}\n```"),
+    ]
+    nbformat.write(nb, path)
+    import papermill
+
+    papermill.execute_notebook(
+        str(path), str(path), kernel_name="python3", progress_bar=False
+    )
+    return path
+
+
+def test_the_exercise_pattern_passes_hygiene_and_nbval(tmp_path: Path) -> None:
+    path = exercise_notebook(tmp_path / "ex.ipynb", "answer = ...  # your answer")
+    assert nbchecks.exercise_problems(nbchecks.load(path)) == []
+    assert run_nbval(path).returncode == 0
+
+
+def test_hygiene_flags_a_reader_cell_that_holds_the_answer(tmp_path: Path) -> None:
+    path = exercise_notebook(tmp_path / "ex.ipynb", "answer = 2  # your answer")
+    problems = nbchecks.exercise_problems(nbchecks.load(path))
+    assert any("is not a placeholder" in p for p in problems), problems
+
+
+def test_an_exercise_check_that_accepts_a_wrong_answer_fails_the_run(
+    tmp_path: Path,
+) -> None:
+    import papermill
+
+    with pytest.raises(
+        papermill.PapermillExecutionError, match="accepts the wrong answer"
+    ):
+        exercise_notebook(tmp_path / "ex.ipynb", "answer = ...", wrong="[2]")

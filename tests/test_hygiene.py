@@ -127,3 +127,23 @@ def test_execution_report_is_current() -> None:
     assert (ROOT / REPORT_MD).read_text() == render_report(
         report_rows(ROOT), timings(ROOT) or None
     ), "book/execution-report.md does not match the notebooks' stamps; run: make report"
+
+
+def test_ruff_check_and_format_are_clean() -> None:
+    import subprocess
+    import sys
+
+    ruff = [sys.executable, "-m", "ruff"]
+    paths = ["src", "tests", "tools", "notebooks"]
+    lint = subprocess.run(
+        [*ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, (
+        f"ruff check found problems (fix, or `ruff check --fix`):\n{lint.stdout[-4000:]}"
+    )
+    fmt = subprocess.run(
+        [*ruff, "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, (
+        f"ruff format would change files (run `ruff format`):\n{fmt.stdout[-4000:]}"
+    )

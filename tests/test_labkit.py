@@ -335,24 +335,311 @@ def test_strip_volatile_drops_timestamps() -> None:
     assert stripped["cells"][0]["outputs"][0]["metadata"] == {}
 
 
-def test_render_report_lists_each_row() -> None:
-    text = book.render_report(
-        [
-            {
-                "notebook": "a.ipynb",
-                "wall_s": 12.34,
-                "budget_s": 90.0,
-                "status": "ok",
-                "date": "2026-01-01",
-                "platform": "Linux",
-                "hash": "abc",
-            }
-        ]
+def test_render_report_lists_each_row_and_the_projection() -> None:
+    row = {
+        "notebook": "a.ipynb",
+        "wall_s": 12.34,
+        "budget_s": 90.0,
+        "smoke_wall_s": 5.0,
+        "smoke_budget_s": 30.0,
+        "status": "ok",
+        "compared": 3,
+        "with_output": 4,
+        "code_chars": 2000,
+        "prose_chars": 3000,
+        "ci": {"nbval": 20.0},
+        "date": "2026-01-01",
+        "platform": "Linux",
+        "hash": "abc",
+    }
+    timings = {
+        "date": "2026-01-02",
+        "machine": "Linux x86_64, 2 CPUs",
+        "total_s": 600.0,
+        "setup_s": 300.0,
+        "notebooks": {
+            "a.ipynb": {"nbval": 20.0, "bad_profile": 4.0},
+            "b.ipynb": {"nbval": 40.0, "smoke": 60.0},
+        },
+    }
+    text = book.render_report([row], timings)
+    assert (
+        "| `a.ipynb` | 12.3 | 90 | 5.0 | 30 | ok | 3/4 (75%) | 2.0 / 3.0 | 20.0 | – |"
+        in text
     )
-    assert "| `a.ipynb` | 12.3 | 90 | ok | 2026-01-01 | `abc` | Linux |" in text
+    assert "nbval compares 3 of 4 output cells (75%) book-wide." in text
+    projection = book.ci_projection(timings, chapters=35)
+    assert projection["mean_chapter_s"] == 62.0 and projection["fixed_s"] == 476.0
+    assert projection["projected_min"] == (476.0 + 35 * 62.0 + 300.0) / 60
+
+
+def test_ci_timings_groups_durations_per_notebook() -> None:
+    run = {
+        "date": "d",
+        "machine": "m",
+        "total_s": 100.0,
+        "durations": {
+            "notebooks/a.ipynb::Cell 0": 2.0,
+            "notebooks/a.ipynb::Cell 1": 3.0,
+            "tests/test_smoke.py::test_smoke_profile_within_budget[notebooks/a.ipynb]": 10.0,
+            "tests/test_smoke.py::test_bad_profile_names_the_valid_values[notebooks/a.ipynb]": 1.5,
+            "tests/test_book.py::test_book_builds_with_every_page": 50.0,
+        },
+    }
+    timings = book.ci_timings(run, setup_s=60)
+    assert timings["notebooks"] == {
+        "notebooks/a.ipynb": {"nbval": 5.0, "smoke": 10.0, "bad_profile": 1.5}
+    }
+    assert timings["total_s"] == 100.0 and timings["setup_s"] == 60
+
+
+def test_compared_cells_and_sizes() -> None:
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "source": "print(1)",
+                "outputs": [{"output_type": "stream"}],
+            },
+            {
+                "cell_type": "code",
+                "source": "# NBVAL_IGNORE_OUTPUT\nprint(t)",
+                "outputs": [{}],
+            },
+            {"cell_type": "code", "source": "x = 1", "outputs": []},
+            {"cell_type": "markdown", "source": "prose!"},
+        ]
+    }
+    assert book.compared_cells(nb) == (1, 2)
+    assert book.code_and_prose_chars(nb) == (8 + 30 + 5, 6)
+
+
+def _notebook(path: Path, code: list[str], metadata: dict | None = None) -> None:
+    cells = [
+        {
+            "cell_type": "code",
+            "source": c,
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+        }
+        for c in code
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "cells": cells,
+                "metadata": {"labkit": metadata or {}},
+                "nbformat": 4,
+                "nbformat_minor": 5,
+            }
+        )
+    )
+
+
+def _tiny_book(root: Path) -> None:
+    (root / "src" / "labkit").mkdir(parents=True)
+    (root / "src" / "labkit" / "x.py").write_text("X = 1\n")
+    for name in book.LOCK_FILES:
+        (root / name).write_text("numpy==2.0.0\n")
+    part = root / "notebooks" / "part"
+    (part / "manifests" / "a").mkdir(parents=True)
+    (part / "shared.py").write_text("from inner import thing\n")
+    (part / "inner.py").write_text("thing = 1\n")
+    (part / "other.py").write_text("y = 2\n")
+    (part / "rules.yaml").write_text("a: 1\n")
+    (part / "manifests" / "a" / "out.yaml").write_text("kind: x\n")
+    _notebook(
+        part / "a.ipynb",
+        ["import shared\nopen('rules.yaml')", "write('manifests/a/out.yaml')"],
+    )
+    _notebook(part / "b.ipynb", ["import other"])
+    _notebook(
+        part / "c.ipynb",
+        ["import json"],
+        {"tools": {"no-such-tool-xyz": "skips a part"}},
+    )
+
+
+def test_helper_files_follow_imports_and_read_files_but_not_outputs(
+    tmp_path: Path,
+) -> None:
+    _tiny_book(tmp_path)
+    found = book.helper_files(Path("notebooks/part/a.ipynb"), tmp_path)
+    assert [str(p) for p in found] == [
+        "notebooks/part/inner.py",
+        "notebooks/part/rules.yaml",
+        "notebooks/part/shared.py",
+    ]
+    assert [
+        str(p) for p in book.helper_files(Path("notebooks/part/c.ipynb"), tmp_path)
+    ] == []
+
+
+def test_editing_a_helper_module_makes_exactly_its_notebooks_stale(
+    tmp_path: Path,
+) -> None:
+    _tiny_book(tmp_path)
+    names = ["a", "b", "c"]
+    for name in names:  # stamp each as fresh
+        path = tmp_path / "notebooks" / "part" / f"{name}.ipynb"
+        nb = json.loads(path.read_text())
+        rel = path.relative_to(tmp_path)
+        nb["metadata"]["labkit"]["stamp"] = {
+            "hash": book.expected_stamp_hash(nb, tmp_path, rel)
+        }
+        path.write_text(json.dumps(nb))
+    stale = lambda: [
+        n for n in names if book.is_stale(Path(f"notebooks/part/{n}.ipynb"), tmp_path)
+    ]  # noqa: E731
+    assert stale() == []
+    (tmp_path / "notebooks" / "part" / "inner.py").write_text(
+        "thing = 2\n"
+    )  # imported through shared.py
+    assert stale() == ["a"]
+    (tmp_path / "notebooks" / "part" / "manifests" / "a" / "out.yaml").write_text(
+        "kind: y\n"
+    )  # an output
+    (tmp_path / "notebooks" / "part" / "other.py").write_text("y = 3\n")
+    assert stale() == ["a", "b"]
+
+
+def test_declared_tool_versions_enter_the_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiny_book(tmp_path)
+    rel = Path("notebooks/part/c.ipynb")
+    assert book.tool_version("no-such-tool-xyz") == "missing"
+    before = book.local_hash(rel, tmp_path)
+    monkeypatch.setattr(book, "tool_version", lambda tool: "no-such-tool-xyz 2.0")
+    assert book.local_hash(rel, tmp_path) != before
+
+
+# --- exercises ------------------------------------------------------------------------------------
+def _check_two(answer: object) -> None:
+    assert answer == 2, f"{answer!r} is not two"
+
+
+def test_check_exercise_on_the_placeholder_says_not_solved_and_does_not_raise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        labkit.check_exercise("t-ex", _check_two, ..., wrong=[3], hint="one plus one")
+        is False
+    )
+    out = capsys.readouterr().out
+    assert (
+        "not solved yet" in out
+        and "hint: one plus one" in out
+        and "1 plausible wrong" in out
+    )
+
+
+def test_check_exercise_reports_a_wrong_answer_and_accepts_a_right_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert labkit.check_exercise("t-ex", _check_two, 5, wrong=[3], hint="h") is False
+    assert "not yet right: 5 is not two" in capsys.readouterr().out
+    assert (
+        labkit.check_exercise(
+            "t-ex", _check_two, 2, wrong=[3], hint="h", reference=True
+        )
+        is True
+    )
+    assert "✓ t-ex: solved." in capsys.readouterr().out
+
+
+def test_check_exercise_proves_the_check_can_fail() -> None:
+    with pytest.raises(labkit.ExerciseDefect, match="accepts the wrong answer"):
+        labkit.check_exercise("t-ex", _check_two, ..., wrong=[2], hint="h")
+    with pytest.raises(labkit.ExerciseDefect, match="accepts the placeholder"):
+        labkit.check_exercise("t-ex", lambda a: None, ..., wrong=[1], hint="h")
+    with pytest.raises(labkit.ExerciseDefect, match="reference solution is rejected"):
+        labkit.check_exercise(
+            "t-ex", _check_two, 4, wrong=[3], hint="h", reference=True
+        )
+    with pytest.raises(ValueError, match="wrong answer"):
+        labkit.check_exercise("t-ex", _check_two, 2, wrong=[], hint="h")
+
+
+def test_check_exercise_for_a_function_and_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv("LABKIT_EXERCISE_LOG", str(log))
+
+    def double(x: int) -> int:
+        raise NotImplementedError
+
+    def check(f: object) -> None:
+        assert f(3) == 6, "f(3) should be 6"  # type: ignore[operator]
+
+    labkit.check_exercise(
+        "f-ex",
+        check,
+        double,
+        wrong=[lambda x: x + 2],
+        hint="h",
+        placeholder=labkit.not_implemented,
+    )
+    assert "write the function body" in capsys.readouterr().out
+    labkit.check_exercise(
+        "f-ex",
+        check,
+        lambda x: 2 * x,
+        wrong=[lambda x: x + 2],
+        hint="h",
+        placeholder=labkit.not_implemented,
+        reference=True,
+    )
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["stage"], r["accepted"]) for r in records] == [
+        ("reader", False),
+        ("reference", True),
+    ]
+
+
+def test_glue_table_lists_every_glued_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    import myst_nb
+
+    from labkit import glue
+
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: None)
+    monkeypatch.setattr(glue, "GLUED", {})
+    with pytest.raises(ValueError, match="nothing was glued"):
+        labkit.glue_table()
+    labkit.glue_number("speedup", 3.14159)
+    labkit.glue_number("count", 16)
+    text = labkit.glue_table()
+    assert "| `speedup` | 3.142 |" in text and "| `count` | 16 |" in text
+
+
+def test_output_dir_defaults_beside_the_notebook_and_follows_the_tests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LABKIT_OUTPUT_ROOT", raising=False)
+    assert labkit.output_dir("mec-5g") == Path("manifests/mec-5g")
+    monkeypatch.setenv("LABKIT_OUTPUT_ROOT", str(tmp_path / "out"))
+    assert (
+        labkit.output_dir("mec-5g") == tmp_path / "out" / "mec-5g"
+        and (tmp_path / "out" / "mec-5g").is_dir()
+    )
+    with pytest.raises(ValueError, match="not valid"):
+        labkit.output_dir("../escape")
 
 
 # --- Ray on loopback ------------------------------------------------------------------------------
+def test_local_head_falls_back_to_127_0_0_1_where_127_0_0_2_is_not_configured() -> None:
+    from labkit.ray_local import local_head_ip
+
+    assert local_head_ip(lambda ip: True) == ("127.0.0.2", "")
+    ip, note = local_head_ip(lambda ip: ip == "127.0.0.1")
+    assert (
+        ip == "127.0.0.1" and "127.0.0.2 is not configured" in note and "\n" not in note
+    )
+
+
 def test_loopback_node_ips_stay_in_the_loopback_range_and_avoid_127_0_0_1() -> None:
     import ipaddress
 

@@ -8,6 +8,7 @@ is kept as given, so local nodes use 127.0.0.2, 127.0.0.3, ...: every byte stays
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 LOOPBACK_HEAD_IP = "127.0.0.2"
@@ -18,6 +19,27 @@ def loopback_node_ip(index: int) -> str:
     if not 0 <= index < 250:
         raise ValueError(f"node index must be in 0..249, got {index}")
     return f"127.0.0.{index + 2}"
+
+
+def loopback_usable(ip: str) -> bool:
+    """True when this machine can bind `ip` (Linux routes all of 127.0.0.0/8; macOS only 127.0.0.1)."""
+    try:
+        with socket.socket() as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def local_head_ip(usable: Any = loopback_usable) -> tuple[str, str]:
+    """The address a local Ray head binds, and a one-line note when it had to fall back to 127.0.0.1."""
+    if usable(LOOPBACK_HEAD_IP):
+        return LOOPBACK_HEAD_IP, ""
+    return "127.0.0.1", (
+        f"{LOOPBACK_HEAD_IP} is not configured here (macOS has only 127.0.0.1 unless you run "
+        f"`sudo ifconfig lo0 alias {LOOPBACK_HEAD_IP}`): Ray binds 127.0.0.1 and may advertise "
+        "the machine's routable address"
+    )
 
 
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> str:
@@ -43,12 +65,10 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> str:
         )
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
         return f"connected to the Ray cluster at RAY_ADDRESS: {nodes} node(s)"
+    head_ip, note = local_head_ip()
     ray.init(
-        address="local",
-        _node_ip_address=LOOPBACK_HEAD_IP,
-        num_cpus=num_cpus,
-        **quiet,
-        **kwargs,
+        address="local", _node_ip_address=head_ip, num_cpus=num_cpus, **quiet, **kwargs
     )
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    return f"started a local Ray instance on {LOOPBACK_HEAD_IP} with {cpus} CPUs (no RAY_ADDRESS set)"
+    line = f"started a local Ray instance on {head_ip} with {cpus} CPUs (no RAY_ADDRESS set)"
+    return f"{line}; {note}" if note else line
