@@ -1,11 +1,13 @@
 """Shared options and fixtures.
 
 - `--notebook PATH` narrows the notebook checks to one notebook.
-- Notebooks run by the tests write their files under `_build/outputs` (LABKIT_OUTPUT_ROOT), so that a
-  test run leaves the working tree as it found it.
-- nbval's kernels log every exercise check to `_build/exercise-log.jsonl` (tests/test_exercises_ran.py).
-- At the end, a table of seconds per notebook (nbval, smoke run, bad-profile check) and the slowest other
-  tests is printed, and every test's duration is written to `_build/test-durations.json`.
+- Notebooks run by the tests write their files under `_build/outputs`
+  (LABKIT_OUTPUT_ROOT), so that a test run leaves the working tree as it found it.
+- nbval's kernels log every exercise check to `_build/exercise-log.jsonl`
+  (tests/test_exercises_ran.py).
+- At the end, a table of seconds per notebook (nbval, smoke run, bad-profile check) and
+  the slowest other tests is printed, and every test's duration is written to
+  `_build/test-durations.json`.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def git_status() -> str:
-    """`git status --porcelain` of the checkout (untracked files included, ignored ones not)."""
+    """`git status --porcelain` of the checkout (untracked files included, ignored ones
+    not)."""
     done = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],
         cwd=ROOT,
@@ -115,12 +118,14 @@ def pytest_terminal_summary(
     write = terminalreporter.write_line  # type: ignore[attr-defined]
     write("")
     write(
-        f"seconds per notebook (total {run['total_s'] / 60:.1f} min; every test: {DURATIONS.relative_to(ROOT)})"
+        f"seconds per notebook (total {run['total_s'] / 60:.1f} min; every test: "
+        f"{DURATIONS.relative_to(ROOT)})"
     )
     write(f"{'notebook':<52} {'nbval':>7} {'smoke':>7} {'bad':>6}")
     for name, t in per_notebook.items():
         write(
-            f"{name:<52} {t.get('nbval', 0):>7.1f} {t.get('smoke', 0):>7.1f} {t.get('bad_profile', 0):>6.1f}"
+            f"{name:<52} {t.get('nbval', 0):>7.1f} {t.get('smoke', 0):>7.1f} "
+            f"{t.get('bad_profile', 0):>6.1f}"
         )
     others = sorted(
         (

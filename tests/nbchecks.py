@@ -1,4 +1,5 @@
-"""Notebook hygiene checks, as functions returning problems, so that tests and self-tests share them."""
+"""Notebook hygiene checks, as functions returning problems, so that tests and
+self-tests share them."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def code_cells(nb: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
 
 
 def output_text(output: dict[str, Any]) -> str:
-    """Every textual part of an output (stream text, text/* and json data, tracebacks)."""
+    """Every textual part of an output (stream text, text/* and json data,
+    tracebacks)."""
     parts: list[str] = []
     if "text" in output:
         parts.append(
@@ -53,7 +55,8 @@ def output_text(output: dict[str, Any]) -> str:
 
 
 def structure_problems(nb: dict[str, Any]) -> list[str]:
-    """Kernelspec, parameters cell with profile, stored outputs, no errors, execution counts in order."""
+    """Kernelspec, parameters cell with profile, stored outputs, no errors, execution
+    counts in order."""
     problems = []
     if nb.get("metadata", {}).get("kernelspec", {}).get("name") != "python3":
         problems.append("kernelspec is not python3")
@@ -115,7 +118,8 @@ PLAIN_SOLUTION = re.compile(r"```\{solution\}")
 
 
 def is_placeholder(src: str) -> bool:
-    """True when a reader's cell only sets names to `...` or defines functions that raise NotImplementedError."""
+    """True when a reader's cell only sets names to `...` or defines functions that
+    raise NotImplementedError."""
     import ast
 
     try:
@@ -182,7 +186,8 @@ def exercise_labels(nb: dict[str, Any]) -> list[str]:
 
 
 def exercise_problems(nb: dict[str, Any]) -> list[str]:
-    """The frame's exercise pattern: placeholder cell, check cell, gated solution checked with reference=True."""
+    """The frame's exercise pattern: placeholder cell, check cell, gated solution
+    checked with reference=True."""
     problems = []
     cells = nb["cells"]
     for i, cell in enumerate(cells):
@@ -192,11 +197,13 @@ def exercise_problems(nb: dict[str, Any]) -> list[str]:
         labels = EXERCISE.findall(text)
         if len(labels) > 1:
             problems.append(
-                f"cell {i}: one exercise per Markdown cell, so that its reader's cell follows it"
+                f"cell {i}: one exercise per Markdown cell, so that its reader's cell "
+                "follows it"
             )
         if PLAIN_SOLUTION.search(text):
             problems.append(
-                f"cell {i}: a {{solution}} directive; use the gated solution-start/solution-end"
+                f"cell {i}: a {{solution}} directive; use the gated "
+                "solution-start/solution-end"
             )
         for label in labels[:1]:
             following = [
@@ -209,13 +216,15 @@ def exercise_problems(nb: dict[str, Any]) -> list[str]:
                 for k in range(i + 1, following[-1][0])
             ):
                 problems.append(
-                    f"{label}: the exercise must be followed by the reader's cell and the check cell"
+                    f"{label}: the exercise must be followed by the reader's cell and "
+                    "the check cell"
                 )
                 continue
             (r, reader), (k, check) = following
             if not is_placeholder(source(reader)):
                 problems.append(
-                    f"{label}: the reader's cell {r} is not a placeholder (`name = ...` or a body "
+                    f"{label}: the reader's cell {r} is not a placeholder (`name = "
+                    "...` or a body "
                     "that raises NotImplementedError)"
                 )
             if not _calls_check(source(check), label) or "reference=True" in source(
@@ -226,7 +235,8 @@ def exercise_problems(nb: dict[str, Any]) -> list[str]:
                 )
             elif "not solved yet" not in _stdout(check):
                 problems.append(
-                    f"{label}: the check cell {k} does not say 'not solved yet' on the placeholder"
+                    f"{label}: the check cell {k} does not say 'not solved yet' on the "
+                    "placeholder"
                 )
             start = next(
                 (
@@ -267,7 +277,8 @@ def exercise_problems(nb: dict[str, Any]) -> list[str]:
             ]
             if not refs:
                 problems.append(
-                    f"{label}: the solution block does not run check_exercise(..., reference=True)"
+                    f"{label}: the solution block does not run check_exercise(..., "
+                    "reference=True)"
                 )
             elif f"✓ {label}: solved." not in _stdout(refs[-1]):
                 problems.append(

@@ -1,4 +1,5 @@
-"""The lock says where every pin comes from, and environment.yml carries exactly its lines."""
+"""The lock says where every pin comes from, and environment.yml carries exactly its
+lines."""
 
 from __future__ import annotations
 

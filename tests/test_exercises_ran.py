@@ -1,6 +1,7 @@
-"""Every exercise's check ran in this session's nbval run: it rejected the placeholder and the declared
-wrong answers (labkit.check_exercise raises before logging otherwise), said "not solved yet" on the
-reader's cell, and accepted the reference solution. Run after the notebooks on the same command line."""
+"""Every exercise's check ran in this session's nbval run: it rejected the placeholder
+and the declared wrong answers (labkit.check_exercise raises before logging otherwise),
+said "not solved yet" on the reader's cell, and accepted the reference solution. Run
+after the notebooks on the same command line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Self-tests: the harness must fail on a changed output, on an error cell, and on hygiene problems."""
+"""Self-tests: the harness must fail on a changed output, on an error cell, and on
+hygiene problems."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ SANITIZE = ROOT / "tests" / "nbval-sanitize.cfg"
 
 
 def make_notebook(path: Path, cells: list[tuple[str, str | None]]) -> Path:
-    """Write a notebook whose code cells are (source, stored stdout or None), the first tagged parameters."""
+    """Write a notebook whose code cells are (source, stored stdout or None), the first
+    tagged parameters."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -131,12 +133,16 @@ def test_hygiene_flags_cells_run_out_of_order(tmp_path: Path) -> None:
 
 
 def exercise_notebook(path: Path, reader_src: str, wrong: str = "[3]") -> Path:
-    """A notebook with one exercise in the frame's pattern; `reader_src` is the reader's cell."""
+    """A notebook with one exercise in the frame's pattern; `reader_src` is the reader's
+    cell."""
     check = (
         "import labkit\n\ndef check(a):\n    assert a == 2, 'not two'\n\n"
         f"labkit.check_exercise('t-ex', check, answer, wrong={wrong}, hint='h')"
     )
-    ref = f"labkit.check_exercise('t-ex', check, answer, wrong={wrong}, hint='h', reference=True)"
+    ref = (
+        f"labkit.check_exercise('t-ex', check, answer, wrong={wrong}, hint='h', "
+        "reference=True)"
+    )
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",

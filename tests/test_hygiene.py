@@ -1,4 +1,5 @@
-"""Notebook hygiene: toc, structure, stamps, budgets, leaks and size. Each failure names how to fix it."""
+"""Notebook hygiene: toc, structure, stamps, budgets, leaks and size. Each failure names
+how to fix it."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_structure(notebook: Path) -> None:
 
 def test_stamp_is_current(notebook: Path) -> None:
     assert not is_stale(notebook, ROOT), (
-        f"{notebook}: stored outputs are stale (code, lock or labkit changed since its run)\n"
+        f"{notebook}: stored outputs are stale (code, lock or labkit changed since its "
+        "run)\n"
         f"  run: make execute NB={notebook}"
     )
 
@@ -64,7 +66,8 @@ def test_stamped_times_within_budget(notebook: Path) -> None:
     for profile, key in (("laptop", "wall_s"), ("smoke", "smoke_wall_s")):
         budget = budget_s(nb, profile)
         assert key in stamp, (
-            f"{notebook}: no {profile} time in its stamp; run: make execute NB={notebook}"
+            f"{notebook}: no {profile} time in its stamp; run: make execute "
+            f"NB={notebook}"
         )
         assert stamp[key] <= budget, (
             f"{notebook}: {profile} run took {stamp[key]} s, budget {budget:.0f} s"
@@ -84,8 +87,10 @@ def test_exercises_follow_the_pattern(notebook: Path) -> None:
 def test_compared_share_per_chapter(notebook: Path) -> None:
     compared, with_output = compared_cells(nbchecks.load(ROOT / notebook))
     assert with_output and compared / with_output >= COMPARED_FLOOR_CHAPTER, (
-        f"{notebook}: nbval compares {compared} of {with_output} output cells; the floor is "
-        f"{COMPARED_FLOOR_CHAPTER:.0%}. Print deterministic results in their own cells, measurements in ignored ones"
+        f"{notebook}: nbval compares {compared} of {with_output} output cells; the "
+        "floor is "
+        f"{COMPARED_FLOOR_CHAPTER:.0%}. Print deterministic results in their own "
+        "cells, measurements in ignored ones"
     )
 
 
@@ -93,18 +98,21 @@ def test_compared_share_book_wide() -> None:
     counts = [compared_cells(nbchecks.load(ROOT / p)) for p in toc_notebooks(ROOT)]
     compared, with_output = sum(c for c, _ in counts), sum(w for _, w in counts)
     assert compared / with_output >= COMPARED_FLOOR_BOOK, (
-        f"nbval compares {compared} of {with_output} output cells book-wide; the floor is {COMPARED_FLOOR_BOOK:.0%}"
+        f"nbval compares {compared} of {with_output} output cells book-wide; the floor "
+        f"is {COMPARED_FLOOR_BOOK:.0%}"
     )
 
 
 def test_ci_projection_within_goal() -> None:
     timings = load_ci_timings(ROOT)
     assert timings, (
-        "book/ci-timings.json is missing; after a full make test run: python -m labkit.book ci-times"
+        "book/ci-timings.json is missing; after a full make test run: python -m "
+        "labkit.book ci-times"
     )
     projected = ci_projection(timings)["projected_min"]
     assert projected <= CI_GOAL_MIN, (
-        f"at {CHAPTERS_PLANNED} chapters of today's mean cost CI would take {projected:.0f} min, over the "
+        f"at {CHAPTERS_PLANNED} chapters of today's mean cost CI would take "
+        f"{projected:.0f} min, over the "
         f"{CI_GOAL_MIN}-minute goal: make chapters cheaper or the harness faster"
     )
 
@@ -139,7 +147,8 @@ def test_ruff_check_and_format_are_clean() -> None:
         [*ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True
     )
     assert lint.returncode == 0, (
-        f"ruff check found problems (fix, or `ruff check --fix`):\n{lint.stdout[-4000:]}"
+        "ruff check found problems (fix, or `ruff check "
+        f"--fix`):\n{lint.stdout[-4000:]}"
     )
     fmt = subprocess.run(
         [*ruff, "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True

@@ -14,7 +14,8 @@ import labkit
 from labkit import book
 
 
-# --- profiles -------------------------------------------------------------------------------------
+# --- profiles
+# -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("profile", ["smoke", "laptop", "cluster"])
 def test_check_profile_accepts_known_profiles(profile: str) -> None:
     assert labkit.check_profile(profile) == profile
@@ -54,7 +55,8 @@ def test_pick() -> None:
         labkit.pick("huge", sizes)
 
 
-# --- environment ----------------------------------------------------------------------------------
+# --- environment
+# ----------------------------------------------------------------------------------
 def test_detect_environment_without_cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,7 +79,8 @@ def test_detect_environment_with_ray_and_kubeconfig(tmp_path: Path) -> None:
     assert "Ray" not in labkit.describe_environment("laptop", info)
 
 
-# --- measurement ----------------------------------------------------------------------------------
+# --- measurement
+# ----------------------------------------------------------------------------------
 def test_summarize() -> None:
     stats = labkit.summarize(
         [5, 1, 4, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
@@ -96,7 +99,8 @@ def test_time_calls_warms_up_and_repeats() -> None:
         labkit.time_calls(lambda: None, repeats=0)
 
 
-# --- Kubernetes -----------------------------------------------------------------------------------
+# --- Kubernetes
+# -----------------------------------------------------------------------------------
 def restricted_container(**overrides: object) -> client.V1Container:
     security = client.V1SecurityContext(
         allow_privilege_escalation=False,
@@ -278,7 +282,8 @@ def test_write_manifests_round_trips(tmp_path: Path) -> None:
         labkit.write_manifests([], tmp_path / "empty.yaml")
 
 
-# --- glue -----------------------------------------------------------------------------------------
+# --- glue
+# --------------------------------------------------------------------------------
 def test_glue_number_casts_numpy_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
     import myst_nb
     import numpy as np
@@ -294,7 +299,8 @@ def test_glue_number_casts_numpy_scalars(monkeypatch: pytest.MonkeyPatch) -> Non
         labkit.glue_number("bad", float("nan"))
 
 
-# --- book: stamps and report ----------------------------------------------------------------------
+# --- book: stamps and report
+# ----------------------------------------------------------------------
 def test_code_hash_ignores_outputs_and_markdown_but_not_code() -> None:
     nb = {
         "cells": [
@@ -373,6 +379,9 @@ def test_render_report_lists_each_row_and_the_projection() -> None:
     assert projection["projected_min"] == (476.0 + 35 * 62.0 + 300.0) / 60
 
 
+SMOKE = "tests/test_smoke.py"
+
+
 def test_ci_timings_groups_durations_per_notebook() -> None:
     run = {
         "date": "d",
@@ -381,8 +390,8 @@ def test_ci_timings_groups_durations_per_notebook() -> None:
         "durations": {
             "notebooks/a.ipynb::Cell 0": 2.0,
             "notebooks/a.ipynb::Cell 1": 3.0,
-            "tests/test_smoke.py::test_smoke_profile_within_budget[notebooks/a.ipynb]": 10.0,
-            "tests/test_smoke.py::test_bad_profile_names_the_valid_values[notebooks/a.ipynb]": 1.5,
+            f"{SMOKE}::test_smoke_profile_within_budget[notebooks/a.ipynb]": 10.0,
+            f"{SMOKE}::test_bad_profile_names_the_valid_values[notebooks/a.ipynb]": 1.5,
             "tests/test_book.py::test_book_builds_with_every_page": 50.0,
         },
     }
@@ -489,9 +498,11 @@ def test_editing_a_helper_module_makes_exactly_its_notebooks_stale(
             "hash": book.expected_stamp_hash(nb, tmp_path, rel)
         }
         path.write_text(json.dumps(nb))
-    stale = lambda: [
-        n for n in names if book.is_stale(Path(f"notebooks/part/{n}.ipynb"), tmp_path)
-    ]  # noqa: E731
+
+    def stale() -> list[str]:
+        part = Path("notebooks/part")
+        return [n for n in names if book.is_stale(part / f"{n}.ipynb", tmp_path)]
+
     assert stale() == []
     (tmp_path / "notebooks" / "part" / "inner.py").write_text(
         "thing = 2\n"
@@ -515,7 +526,8 @@ def test_declared_tool_versions_enter_the_stamp(
     assert book.local_hash(rel, tmp_path) != before
 
 
-# --- exercises ------------------------------------------------------------------------------------
+# --- exercises
+# ------------------------------------------------------------------------------------
 def _check_two(answer: object) -> None:
     assert answer == 2, f"{answer!r} is not two"
 
@@ -629,7 +641,8 @@ def test_output_dir_defaults_beside_the_notebook_and_follows_the_tests(
         labkit.output_dir("../escape")
 
 
-# --- Ray on loopback ------------------------------------------------------------------------------
+# --- Ray on loopback
+# ------------------------------------------------------------------------------
 def test_local_head_falls_back_to_127_0_0_1_where_127_0_0_2_is_not_configured() -> None:
     from labkit.ray_local import local_head_ip
 
@@ -695,7 +708,8 @@ def test_edge_deployment_is_valid_restricted_and_pinned_to_edge_nodes() -> None:
 
 
 def test_size_resources() -> None:
-    # 4 ms a frame at 25 frames/s is 100 ms of CPU a second: 100 millicores, 150 with 1.5x headroom.
+    # 4 ms a frame at 25 frames/s is 100 ms of CPU a second: 100 millicores, 150 with
+    # 1.5x headroom.
     assert labkit.size_resources(4, 25, peak_rss_mib=100) == {
         "cpu_millicores": 150,
         "memory_mib": 150,

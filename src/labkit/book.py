@@ -1,11 +1,13 @@
-"""Execute notebooks into the book and keep their stamps: `python -m labkit.book {execute,report,stale}`.
+"""Execute notebooks into the book and keep their stamps: `python -m labkit.book
+{execute,report,stale}`.
 
-A stored notebook carries, in `metadata.labkit.stamp`, a hash of what its outputs depend on: its code
-cells; the lock files and labkit's sources; the files beside it that it imports or reads (helper modules,
-configuration) and the versions of the system tools it declares in `metadata.labkit.tools`. The stamp
-also holds the wall time of that `laptop` run and of a `smoke` run made right after it, with date and
-platform. A notebook is stale when its stamp no longer matches; `execute` re-runs stale ones (or those
-named), strips volatile metadata, stamps them, and rewrites the execution report
+A stored notebook carries, in `metadata.labkit.stamp`, a hash of what its outputs depend
+on: its code cells; the lock files and labkit's sources; the files beside it that it
+imports or reads (helper modules, configuration) and the versions of the system tools it
+declares in `metadata.labkit.tools`. The stamp also holds the wall time of that `laptop`
+run and of a `smoke` run made right after it, with date and platform. A notebook is
+stale when its stamp no longer matches; `execute` re-runs stale ones (or those named),
+strips volatile metadata, stamps them, and rewrites the execution report
 (`book/execution-report.json` and the page `book/execution-report.md`).
 """
 
@@ -44,7 +46,8 @@ _IGNORED = ("NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP")
 
 
 def toc_files(root: Path = ROOT) -> list[str]:
-    """Every `file:` entry of `_toc.yml` (root included), in book order, as written there."""
+    """Every `file:` entry of `_toc.yml` (root included), in book order, as written
+    there."""
     import yaml
 
     toc = yaml.safe_load((root / "_toc.yml").read_text())
@@ -76,7 +79,8 @@ def toc_notebooks(root: Path = ROOT) -> list[Path]:
 
 
 def environment_hash(root: Path = ROOT) -> str:
-    """sha256 over the lock files and labkit's sources: what every notebook's outputs depend on."""
+    """sha256 over the lock files and labkit's sources: what every notebook's outputs
+    depend on."""
     digest = hashlib.sha256()
     for name in LOCK_FILES:
         digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
@@ -111,7 +115,8 @@ def code_sources(nb: dict[str, Any]) -> list[str]:
 
 
 def _imported_names(text: str) -> set[str]:
-    """Top-level module names a piece of Python imports (IPython magics and shell lines are skipped)."""
+    """Top-level module names a piece of Python imports (IPython magics and shell lines
+    are skipped)."""
     lines = [
         line for line in text.splitlines() if not line.lstrip().startswith(("%", "!"))
     ]
@@ -129,9 +134,11 @@ def _imported_names(text: str) -> set[str]:
 
 
 def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
-    """Files beside `notebook` that it imports (recursively) or names as a string, outputs excluded.
+    """Files beside `notebook` that it imports (recursively) or names as a string,
+    outputs excluded.
 
-    Paths are relative to `root`, sorted. Helper modules that import one another are followed.
+    Paths are relative to `root`, sorted. Helper modules that import one another are
+    followed.
     """
     folder = (root / notebook).parent
     nb = json.loads((root / notebook).read_text())
@@ -160,12 +167,14 @@ def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
 
 
 def declared_tools(nb: dict[str, Any]) -> dict[str, str]:
-    """The system tools a notebook declares: {tool: what the chapter does without it}."""
+    """The system tools a notebook declares: {tool: what the chapter does without
+    it}."""
     return dict(nb.get("metadata", {}).get("labkit", {}).get("tools", {}))
 
 
 def tool_version(tool: str) -> str:
-    """The first line `tool --version` prints, or 'missing' when the tool is not on PATH."""
+    """The first line `tool --version` prints, or 'missing' when the tool is not on
+    PATH."""
     path = shutil.which(tool)
     if path is None:
         return "missing"
@@ -180,7 +189,8 @@ def tool_version(tool: str) -> str:
 
 
 def local_hash(notebook: Path, root: Path = ROOT) -> str:
-    """sha256 over the notebook's helper files and the versions of the system tools it declares."""
+    """sha256 over the notebook's helper files and the versions of the system tools it
+    declares."""
     nb = json.loads((root / notebook).read_text())
     digest = hashlib.sha256()
     for path in helper_files(notebook, root):
@@ -199,7 +209,8 @@ def expected_stamp_hash(
 
 
 def budget_s(nb: dict[str, Any], profile: str = "laptop") -> float:
-    """The notebook's time budget in seconds for `profile` (metadata.labkit.budget_s, else the default)."""
+    """The notebook's time budget in seconds for `profile` (metadata.labkit.budget_s,
+    else the default)."""
     budgets = {
         **DEFAULT_BUDGET_S,
         **nb.get("metadata", {}).get("labkit", {}).get("budget_s", {}),
@@ -208,14 +219,16 @@ def budget_s(nb: dict[str, Any], profile: str = "laptop") -> float:
 
 
 def is_stale(path: Path, root: Path = ROOT) -> bool:
-    """True when the notebook has no stamp or its stamp does not match its code and environment."""
+    """True when the notebook has no stamp or its stamp does not match its code and
+    environment."""
     nb = json.loads((root / path).read_text())
     stamp = nb.get("metadata", {}).get("labkit", {}).get("stamp", {})
     return stamp.get("hash") != expected_stamp_hash(nb, root, path)
 
 
 def compared_cells(nb: dict[str, Any]) -> tuple[int, int]:
-    """(compared, with output): code cells with outputs, and those nbval compares (no IGNORE/SKIP mark)."""
+    """(compared, with output): code cells with outputs, and those nbval compares (no
+    IGNORE/SKIP mark)."""
     with_output = [
         c for c in nb["cells"] if c["cell_type"] == "code" and c.get("outputs")
     ]
@@ -243,7 +256,8 @@ def code_and_prose_chars(nb: dict[str, Any]) -> tuple[int, int]:
 
 
 def strip_volatile(nb: dict[str, Any]) -> dict[str, Any]:
-    """Drop papermill's and nbclient's timestamps so that diffs show only what changed."""
+    """Drop papermill's and nbclient's timestamps so that diffs show only what
+    changed."""
     nb["metadata"].pop("papermill", None)
     for cell in nb["cells"]:
         cell.get("metadata", {}).pop("papermill", None)
@@ -261,7 +275,8 @@ def run_papermill(
     env: dict[str, str] | None = None,
     timeout_s: int = 900,
 ) -> float:
-    """Run `source` into `out` with papermill in the notebook's folder; return the wall time in seconds."""
+    """Run `source` into `out` with papermill in the notebook's folder; return the wall
+    time in seconds."""
     import papermill
 
     env_before = dict(os.environ)
@@ -287,9 +302,11 @@ def run_papermill(
 
 
 def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, Any]:
-    """Run one notebook in place at default parameters, then once at profile=smoke; strip, stamp, save.
+    """Run one notebook in place at default parameters, then once at profile=smoke;
+    strip, stamp, save.
 
-    The smoke run writes its files under `_build/` and only its wall time is kept. Return the stamp.
+    The smoke run writes its files under `_build/` and only its wall time is kept.
+    Return the stamp.
     """
     source = root / path
     with tempfile.TemporaryDirectory() as tmp:
@@ -312,7 +329,8 @@ def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, An
         "smoke_wall_s": round(smoke_s, 1),
         "profile": "laptop",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-        "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs",
+        "platform": f"{platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs",
     }
     nb["metadata"].setdefault("labkit", {})["stamp"] = stamp
     source.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
@@ -320,7 +338,8 @@ def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, An
 
 
 def report_rows(root: Path = ROOT) -> list[dict[str, Any]]:
-    """One row per toc notebook: stamped times against budgets, status, compared share, sizes, CI times."""
+    """One row per toc notebook: stamped times against budgets, status, compared share,
+    sizes, CI times."""
     ci = load_ci_timings(root).get("notebooks", {})
     rows = []
     for path in toc_notebooks(root):
@@ -359,7 +378,8 @@ def report_rows(root: Path = ROOT) -> list[dict[str, Any]]:
 
 
 def load_ci_timings(root: Path = ROOT) -> dict[str, Any]:
-    """book/ci-timings.json (written by `python -m labkit.book ci-times`), or {} when absent."""
+    """book/ci-timings.json (written by `python -m labkit.book ci-times`), or {} when
+    absent."""
     path = root / CI_TIMINGS
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -367,7 +387,8 @@ def load_ci_timings(root: Path = ROOT) -> dict[str, Any]:
 def ci_projection(
     timings: dict[str, Any], chapters: int = CHAPTERS_PLANNED
 ) -> dict[str, float]:
-    """Today's test time and its projection to `chapters`: fixed cost plus chapters × mean per-chapter cost."""
+    """Today's test time and its projection to `chapters`: fixed cost plus chapters ×
+    mean per-chapter cost."""
     per_chapter = [sum(t.values()) for t in timings["notebooks"].values()]
     mean_s = sum(per_chapter) / len(per_chapter)
     fixed_s = timings["total_s"] - sum(per_chapter)
@@ -393,14 +414,21 @@ def render_report(
     lines = [
         "# Execution report",
         "",
-        "Every chapter is stored with the outputs of its reference run, made by `make execute` at the",
-        "`laptop` profile; the same command then runs it once at the `smoke` profile and stamps both wall",
-        "times. The tests fail when a stamp is stale (its code, the lock, labkit, a helper file beside it or a",
-        "system tool it declares changed since) or when a stamped time is over its budget. CI re-runs every",
-        "notebook with nbval, which compares the outputs, and times that run; it re-runs the `smoke` profile",
-        "of the Ray chapters against a real two-node cluster and fails when that run is over its smoke budget.",
+        "Every chapter is stored with the outputs of its reference run, made by `make "
+        "execute` at the",
+        "`laptop` profile; the same command then runs it once at the `smoke` profile "
+        "and stamps both wall",
+        "times. The tests fail when a stamp is stale (its code, the lock, labkit, a "
+        "helper file beside it or a",
+        "system tool it declares changed since) or when a stamped time is over its "
+        "budget. CI re-runs every",
+        "notebook with nbval, which compares the outputs, and times that run; it "
+        "re-runs the `smoke` profile",
+        "of the Ray chapters against a real two-node cluster and fails when that run "
+        "is over its smoke budget.",
         "",
-        "| Notebook | Laptop (s) | Budget | Smoke (s) | Budget | Status | Compared cells | Code / prose (k chars) "
+        "| Notebook | Laptop (s) | Budget | Smoke (s) | Budget | Status | Compared "
+        "cells | Code / prose (k chars) "
         "| CI nbval (s) | CI smoke (s) |",
         "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
@@ -408,9 +436,12 @@ def render_report(
         share = row["compared"] / row["with_output"] if row["with_output"] else 0.0
         ci = row.get("ci") or {}
         lines.append(
-            f"| `{row['notebook']}` | {_fmt(row['wall_s'])} | {row['budget_s']:.0f} | {_fmt(row['smoke_wall_s'])} "
-            f"| {row['smoke_budget_s']:.0f} | {row['status']} | {row['compared']}/{row['with_output']} "
-            f"({share:.0%}) | {row['code_chars'] / 1000:.1f} / {row['prose_chars'] / 1000:.1f} "
+            f"| `{row['notebook']}` | {_fmt(row['wall_s'])} | {row['budget_s']:.0f} | "
+            f"{_fmt(row['smoke_wall_s'])} "
+            f"| {row['smoke_budget_s']:.0f} | {row['status']} | "
+            f"{row['compared']}/{row['with_output']} "
+            f"({share:.0%}) | {row['code_chars'] / 1000:.1f} / "
+            f"{row['prose_chars'] / 1000:.1f} "
             f"| {_fmt(ci.get('nbval'))} | {_fmt(ci.get('smoke'))} |"
         )
     compared = sum(r["compared"] for r in rows)
@@ -428,7 +459,8 @@ def render_report(
         lines.append(f"- Stamped on {date}, {machine}, environment hash `{env}`.")
     lines += [
         "",
-        "The environment hash covers `requirements.txt`, `requirements-nodeps.txt` and labkit's sources.",
+        "The environment hash covers `requirements.txt`, `requirements-nodeps.txt` and "
+        "labkit's sources.",
         "",
     ]
     if timings:
@@ -436,14 +468,20 @@ def render_report(
         lines += [
             "## CI time and its projection",
             "",
-            f"Measured on {timings['date']} ({timings['machine']}): `make test` ran {p['total_min']:.1f} min "
-            f"for {p['chapters']} chapters, after {p['setup_s'] / 60:.1f} min of setup in a fresh clone. "
-            f"Each chapter cost {p['mean_chapter_s']:.0f} s on average (nbval, the bad-profile check, and "
-            f"the smoke run where CI makes one); everything else (labkit and harness tests, book build, "
+            f"Measured on {timings['date']} ({timings['machine']}): `make test` ran "
+            f"{p['total_min']:.1f} min "
+            f"for {p['chapters']} chapters, after {p['setup_s'] / 60:.1f} min of setup "
+            "in a fresh clone. "
+            f"Each chapter cost {p['mean_chapter_s']:.0f} s on average (nbval, the "
+            "bad-profile check, and "
+            "the smoke run where CI makes one); everything else (labkit and harness "
+            "tests, book build, "
             f"browsers) took {p['fixed_s'] / 60:.1f} min.",
             "",
-            f"At {CHAPTERS_PLANNED} chapters of the same mean cost, CI would take about "
-            f"**{p['projected_min']:.0f} min** with setup, against a goal of {CI_GOAL_MIN} min "
+            f"At {CHAPTERS_PLANNED} chapters of the same mean cost, CI would take "
+            "about "
+            f"**{p['projected_min']:.0f} min** with setup, against a goal of "
+            f"{CI_GOAL_MIN} min "
             "(`tests/test_hygiene.py` holds it).",
             "",
         ]
@@ -451,7 +489,8 @@ def render_report(
 
 
 def write_report(root: Path = ROOT) -> list[dict[str, Any]]:
-    """Write book/execution-report.json and book/execution-report.md; return the rows."""
+    """Write book/execution-report.json and book/execution-report.md; return the
+    rows."""
     rows = report_rows(root)
     (root / REPORT_JSON).write_text(json.dumps(rows, indent=1) + "\n")
     (root / REPORT_MD).write_text(render_report(rows, load_ci_timings(root) or None))
@@ -459,7 +498,8 @@ def write_report(root: Path = ROOT) -> list[dict[str, Any]]:
 
 
 def ci_timings(run: dict[str, Any], setup_s: float = 0.0) -> dict[str, Any]:
-    """Per-notebook seconds (nbval, smoke, bad profile) and the run's total, from a test run's durations."""
+    """Per-notebook seconds (nbval, smoke, bad profile) and the run's total, from a test
+    run's durations."""
     notebooks: dict[str, dict[str, float]] = {}
     for nodeid, seconds in run["durations"].items():
         file_part, _, rest = nodeid.partition("::")

@@ -1,8 +1,9 @@
-"""Shipping a model to an edge device: ONNX export, INT8 quantisation, latency on a small CPU budget, and
-the Deployment that pins it to edge nodes (K3s or KubeEdge).
+"""Shipping a model to an edge device: ONNX export, INT8 quantisation, latency on a
+small CPU budget, and the Deployment that pins it to edge nodes (K3s or KubeEdge).
 
-The edge chapters teach video analytics, inspection, perception and sensing; this is the common last
-mile they all share. The quantisation itself is taught in the inference-optimisation chapter.
+The edge chapters teach video analytics, inspection, perception and sensing; this is the
+common last mile they all share. The quantisation itself is taught in the
+inference-optimisation chapter.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def export_onnx(
     output_name: str = "output",
     dynamic_batch: bool = True,
 ) -> Path:
-    """Export a PyTorch module to one self-contained ONNX file (weights inside) with the torch.export-based
-    exporter; the first dimension is dynamic when `dynamic_batch`. Returns the path."""
+    """Export a PyTorch module to one self-contained ONNX file (weights inside) with the
+    torch.export-based exporter; the first dimension is dynamic when `dynamic_batch`.
+    Returns the path."""
     import torch
 
     path = Path(path)
@@ -64,14 +66,17 @@ def quantize_onnx_int8(
     target: str | Path,
     calibration: Iterable[Mapping[str, Any]] | None = None,
 ) -> Path:
-    """INT8-quantise an ONNX model with ONNX Runtime: dynamic (weights INT8, activations quantised at run
-    time) without `calibration`; static QDQ with activation ranges from `calibration` (an iterable of
-    {input name: array} batches) otherwise. Returns the target path.
+    """INT8-quantise an ONNX model with ONNX Runtime: dynamic (weights INT8, activations
+    quantised at run time) without `calibration`; static QDQ with activation ranges from
+    `calibration` (an iterable of {input name: array} batches) otherwise. Returns the
+    target path.
 
-    Dynamic quantisation suits MatMul-heavy models (MLPs, transformers); for convolutions ONNX Runtime's
-    dynamic ConvInteger kernels are slow on CPU, so give a CNN calibration data (static QDQ). Weights use
-    7 bits (`reduce_range`): on CPUs without AVX-512 VNNI the u8 x s8 kernels can saturate with 8, and the
-    error grows about tenfold (ONNX Runtime's quantisation docs, "When and why do I need to try U8U8?")."""
+    Dynamic quantisation suits MatMul-heavy models (MLPs, transformers); for
+    convolutions ONNX Runtime's dynamic ConvInteger kernels are slow on CPU, so give a
+    CNN calibration data (static QDQ). Weights use 7 bits (`reduce_range`): on CPUs
+    without AVX-512 VNNI the u8 x s8 kernels can saturate with 8, and the error grows
+    about tenfold (ONNX Runtime's quantisation docs, "When and why do I need to try
+    U8U8?")."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -118,7 +123,8 @@ def quantize_onnx_int8(
 
 
 def onnx_session(path: str | Path, *, threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session limited to `threads` threads (an edge device's budget, and stable timings)."""
+    """An ONNX Runtime CPU session limited to `threads` threads (an edge device's
+    budget, and stable timings)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -131,7 +137,8 @@ def onnx_session(path: str | Path, *, threads: int = 1) -> Any:
 def onnx_latency_ms(
     session: Any, feeds: Mapping[str, Any], *, repeats: int = 30, warmup: int = 3
 ) -> dict[str, Any]:
-    """Latency of `session.run(None, feeds)` in milliseconds: summarize() of `repeats` timed calls after `warmup`."""
+    """Latency of `session.run(None, feeds)` in milliseconds: summarize() of `repeats`
+    timed calls after `warmup`."""
     import time
 
     for _ in range(warmup):
@@ -158,12 +165,14 @@ def edge_deployment(
     labels: Mapping[str, str] | None = None,
     model_config_map: str | None = None,
 ) -> Any:
-    """A Deployment (kubernetes.client model) that runs on edge nodes only and meets Pod Security "restricted".
+    """A Deployment (kubernetes.client model) that runs on edge nodes only and meets Pod
+    Security "restricted".
 
-    `runtime="k3s"` selects nodes labelled `node-role.kubernetes.io/edge=true` and tolerates the taint
-    `node-role.kubernetes.io/edge:NoSchedule`; `runtime="kubeedge"` selects KubeEdge's edge nodes
-    (`node-role.kubernetes.io/edge` exists) and tolerates the same taint. Requests equal limits (Guaranteed
-    QoS), sized by the caller from a measurement. `model_config_map` mounts a ConfigMap at /models read-only.
+    `runtime="k3s"` selects nodes labelled `node-role.kubernetes.io/edge=true` and
+    tolerates the taint `node-role.kubernetes.io/edge:NoSchedule`; `runtime="kubeedge"`
+    selects KubeEdge's edge nodes (`node-role.kubernetes.io/edge` exists) and tolerates
+    the same taint. Requests equal limits (Guaranteed QoS), sized by the caller from a
+    measurement. `model_config_map` mounts a ConfigMap at /models read-only.
     """
     from kubernetes import client
 
@@ -173,7 +182,8 @@ def edge_deployment(
         )
     if cpu_millicores < 1 or memory_mib < 1:
         raise ValueError(
-            f"cpu_millicores and memory_mib must be >= 1, got {cpu_millicores}, {memory_mib}"
+            f"cpu_millicores and memory_mib must be >= 1, got {cpu_millicores}, "
+            f"{memory_mib}"
         )
     pod_labels = {
         "app.kubernetes.io/name": name,
@@ -274,8 +284,9 @@ def size_resources(
     peak_rss_mib: float,
     headroom: float = 1.5,
 ) -> dict[str, int]:
-    """CPU (millicores) and memory (MiB) for a model that takes `latency_ms_p95` of one core per call at
-    `frames_per_second` calls a second, with `headroom` on both: the arithmetic behind an edge pod's limits."""
+    """CPU (millicores) and memory (MiB) for a model that takes `latency_ms_p95` of one
+    core per call at `frames_per_second` calls a second, with `headroom` on both: the
+    arithmetic behind an edge pod's limits."""
     if (
         latency_ms_p95 <= 0
         or frames_per_second <= 0

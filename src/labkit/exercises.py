@@ -1,12 +1,15 @@
-"""Exercises the reader solves: a check cell that says "not solved yet" and proves it can fail.
+"""Exercises the reader solves: a check cell that says "not solved yet" and proves it
+can fail.
 
-The pattern (book/contributing.md): the exercise text; the reader's cell with a placeholder (`answer = ...`,
-or a function whose body raises NotImplementedError); a check cell calling `check_exercise`; the reference
-in a gated `solution-start`/`solution-end` block, followed by the same call with `reference=True`.
+The pattern (book/contributing.md): the exercise text; the reader's cell with a
+placeholder (`answer = ...`, or a function whose body raises NotImplementedError); a
+check cell calling `check_exercise`; the reference in a gated
+`solution-start`/`solution-end` block, followed by the same call with `reference=True`.
 
-Every call first proves the check can fail: it must reject the placeholder and every declared wrong
-answer, else `ExerciseDefect` is raised. Run on the reader's answer, it prints a verdict and never raises,
-so the stored notebook stays clean. A reference answer that the check rejects raises `ExerciseDefect`.
+Every call first proves the check can fail: it must reject the placeholder and every
+declared wrong answer, else `ExerciseDefect` is raised. Run on the reader's answer, it
+prints a verdict and never raises, so the stored notebook stays clean. A reference
+answer that the check rejects raises `ExerciseDefect`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ RECORDS: list[dict[str, Any]] = []
 
 
 class ExerciseDefect(AssertionError):
-    """A check that accepts the placeholder or a wrong answer, or rejects the reference: a defect of the book."""
+    """A check that accepts the placeholder or a wrong answer, or rejects the reference:
+    a defect of the book."""
 
 
 def not_implemented(*args: Any, **kwargs: Any) -> Any:
@@ -32,14 +36,15 @@ def not_implemented(*args: Any, **kwargs: Any) -> Any:
 
 
 def verdict(check: Callable[[Any], Any], answer: Any) -> str | None:
-    """None when `check(answer)` passes, else why not (the check's assertion message, or the error)."""
+    """None when `check(answer)` passes, else why not (the check's assertion message, or
+    the error)."""
     try:
         check(answer)
     except NotImplementedError:
         return NOT_WRITTEN
     except AssertionError as err:
         return str(err) or "the check's assertion failed"
-    except Exception as err:  # a wrong answer may break the check itself (a string where a number goes)
+    except Exception as err:  # a wrong answer may break the check (a str for a number)
         return f"{type(err).__name__}: {err}"
     return None
 
@@ -54,10 +59,12 @@ def check_exercise(
     placeholder: Any = ...,
     reference: bool = False,
 ) -> bool:
-    """Judge `answer` with `check` (which raises AssertionError with a message when it is wrong).
+    """Judge `answer` with `check` (which raises AssertionError with a message when it
+    is wrong).
 
-    `wrong` holds plausible wrong answers; `placeholder` is what the reader's cell holds (`...`, or
-    `not_implemented` for a function exercise). Returns True when `answer` passes.
+    `wrong` holds plausible wrong answers; `placeholder` is what the reader's cell holds
+    (`...`, or `not_implemented` for a function exercise). Returns True when `answer`
+    passes.
     """
     if not wrong:
         raise ValueError(
@@ -93,15 +100,18 @@ def check_exercise(
         print(f"✓ {label}: solved.")
     elif problem == "placeholder":
         print(
-            f"✗ {label}: not solved yet: replace the `...` in the cell above.\n  hint: {hint}"
+            f"✗ {label}: not solved yet: replace the `...` in the cell above.\n  hint: "
+            f"{hint}"
         )
     elif problem == NOT_WRITTEN:
         print(
-            f"✗ {label}: not solved yet: write the function body in the cell above.\n  hint: {hint}"
+            f"✗ {label}: not solved yet: write the function body in the cell above.\n  "
+            f"hint: {hint}"
         )
     else:
         print(f"✗ {label}: not yet right: {problem}\n  hint: {hint}")
     print(
-        f"  (this check rejects the placeholder and {len(wrong)} plausible wrong answer(s))"
+        f"  (this check rejects the placeholder and {len(wrong)} plausible wrong "
+        "answer(s))"
     )
     return problem is None

@@ -1,8 +1,8 @@
 """Glue measured numbers into prose (myst-nb): `{glue:text}`name:.1f`` in Markdown.
 
-JupyterLab does not render glue roles (a reader there sees the key), so every glued number is also kept
-here and `glue_table()` shows them all under the chapter's Summary: the book and a live kernel show the
-same numbers.
+JupyterLab does not render glue roles (a reader there sees the key), so every glued
+number is also kept here and `glue_table()` shows them all under the chapter's Summary:
+the book and a live kernel show the same numbers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ GLUED: dict[str, int | float] = {}
 
 
 def glue_number(name: str, value: float) -> int | float:
-    """Glue `value` under `name` as a plain Python int or float (numpy scalars would show as
-    `np.float64(...)` and break `{glue:text}` formatting); return that number."""
+    """Glue `value` under `name` as a plain Python int or float (numpy scalars would
+    show as `np.float64(...)` and break `{glue:text}` formatting); return that
+    number."""
     from myst_nb import glue
 
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -30,7 +31,8 @@ def glue_number(name: str, value: float) -> int | float:
 
 
 def glue_table() -> str:
-    """Display (and return) a Markdown table of every number glued in this kernel, in glue order."""
+    """Display (and return) a Markdown table of every number glued in this kernel, in
+    glue order."""
     from IPython.display import Markdown, display
 
     if not GLUED:

@@ -1,9 +1,10 @@
-"""Kubernetes manifests: serialise client models, validate strictly, check Pod Security, write files.
+"""Kubernetes manifests: serialise client models, validate strictly, check Pod Security,
+write files.
 
-Built-in kinds are validated against the Kubernetes OpenAPI schema with kubernetes-validate in strict
-mode (unknown fields fail). Custom resources (KubeRay, KServe, KEDA...) have no schema shipped with it:
-`validate_custom_resource` checks their required fields and validates every pod template they embed
-strictly, as a Pod.
+Built-in kinds are validated against the Kubernetes OpenAPI schema with
+kubernetes-validate in strict mode (unknown fields fail). Custom resources (KubeRay,
+KServe, KEDA...) have no schema shipped with it: `validate_custom_resource` checks their
+required fields and validates every pod template they embed strictly, as a Pod.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ _RESTRICTED_VOLUMES = {
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A plain dict of a kubernetes client model (camelCase keys, no None values); dicts pass through."""
+    """A plain dict of a kubernetes client model (camelCase keys, no None values); dicts
+    pass through."""
     if isinstance(obj, Mapping):
         return _drop_none(dict(obj))
     from kubernetes.client import ApiClient
@@ -50,7 +52,8 @@ def _drop_none(value: Any) -> Any:
 
 
 def validate_manifest(obj: Any, *, version: str = K8S_VERSION) -> dict[str, Any]:
-    """Validate a built-in kind strictly against the Kubernetes schema; return it as a dict.
+    """Validate a built-in kind strictly against the Kubernetes schema; return it as a
+    dict.
 
     Raises ValueError naming the object and the first schema violation.
     """
@@ -72,7 +75,8 @@ def validate_manifest(obj: Any, *, version: str = K8S_VERSION) -> dict[str, Any]
 
 
 def pod_specs(obj: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (path, pod spec) for every pod spec inside a manifest: any mapping with a `containers` list."""
+    """Yield (path, pod spec) for every pod spec inside a manifest: any mapping with a
+    `containers` list."""
 
     def walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         if isinstance(node, Mapping):
@@ -94,12 +98,14 @@ def validate_custom_resource(
     pod_spec_extra_keys: Sequence[str] = (),
     version: str = K8S_VERSION,
 ) -> dict[str, Any]:
-    """Check a custom resource: apiVersion with a group, kind, a DNS-1123 name, the `required` dotted
-    paths present, and every embedded pod spec valid as a Pod (strict). Returns the dict.
+    """Check a custom resource: apiVersion with a group, kind, a DNS-1123 name, the
+    `required` dotted paths present, and every embedded pod spec valid as a Pod
+    (strict). Returns the dict.
 
-    Some CRDs put their own fields beside the pod spec's (KServe's predictor has `minReplicas`,
-    `scaleMetric`, ... next to `containers`): name them in `pod_spec_extra_keys` and they are left out of
-    the strict Pod check; any other unknown key still fails it."""
+    Some CRDs put their own fields beside the pod spec's (KServe's predictor has
+    `minReplicas`, `scaleMetric`, ... next to `containers`): name them in
+    `pod_spec_extra_keys` and they are left out of the strict Pod check; any other
+    unknown key still fails it."""
     manifest = to_dict(obj)
     name = _describe(manifest)
     api_version = manifest.get("apiVersion", "")
@@ -139,11 +145,13 @@ def validate_custom_resource(
 
 
 def check_pod_security_restricted(obj: Any) -> list[str]:
-    """Violations of the Pod Security Standard 'restricted' profile in every pod spec of `obj`.
+    """Violations of the Pod Security Standard 'restricted' profile in every pod spec of
+    `obj`.
 
-    An empty list means compliant. Covers the profile's controls: privileged, host namespaces and
-    ports, hostPath and other non-restricted volume types, allowPrivilegeEscalation, runAsNonRoot,
-    runAsUser 0, seccomp, capabilities (drop ALL, add at most NET_BIND_SERVICE) and procMount.
+    An empty list means compliant. Covers the profile's controls: privileged, host
+    namespaces and ports, hostPath and other non-restricted volume types,
+    allowPrivilegeEscalation, runAsNonRoot, runAsUser 0, seccomp, capabilities (drop
+    ALL, add at most NET_BIND_SERVICE) and procMount.
     """
     problems: list[str] = []
     specs = list(pod_specs(obj))
@@ -159,7 +167,8 @@ def check_pod_security_restricted(obj: Any) -> list[str]:
             kinds = set(volume) - {"name"}
             if not kinds <= _RESTRICTED_VOLUMES:
                 problems.append(
-                    f"{where}: volume {volume.get('name')!r} uses {sorted(kinds)}, not allowed"
+                    f"{where}: volume {volume.get('name')!r} uses {sorted(kinds)}, not "
+                    "allowed"
                 )
         if pod_sc.get("runAsUser") == 0:
             problems.append(f"{where}: securityContext.runAsUser must not be 0")
@@ -196,7 +205,8 @@ def check_pod_security_restricted(obj: Any) -> list[str]:
             extra = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
             if extra:
                 problems.append(
-                    f"{cw}: capabilities.add may only hold NET_BIND_SERVICE, not {sorted(extra)}"
+                    f"{cw}: capabilities.add may only hold NET_BIND_SERVICE, not "
+                    f"{sorted(extra)}"
                 )
             if sc.get("procMount") not in (None, "Default"):
                 problems.append(f"{cw}: procMount must be Default")
@@ -207,7 +217,8 @@ def check_pod_security_restricted(obj: Any) -> list[str]:
 
 
 def write_manifests(objs: Iterable[Any], path: str | Path) -> Path:
-    """Write manifests as one multi-document YAML file a reader can `kubectl apply -f`; return the path."""
+    """Write manifests as one multi-document YAML file a reader can `kubectl apply -f`;
+    return the path."""
     import yaml
 
     docs = [to_dict(o) for o in objs]
@@ -220,21 +231,25 @@ def write_manifests(objs: Iterable[Any], path: str | Path) -> Path:
 
 
 def _describe(manifest: Mapping[str, Any]) -> str:
-    return f"{manifest.get('kind', '?')}/{(manifest.get('metadata') or {}).get('name', '?')}"
+    name = (manifest.get("metadata") or {}).get("name", "?")
+    return f"{manifest.get('kind', '?')}/{name}"
 
 
 OUTPUT_ROOT_ENV = "LABKIT_OUTPUT_ROOT"
 
 
 def output_dir(chapter: str) -> Path:
-    """Where a chapter writes its manifests and other files: `manifests/<chapter>` beside the notebook.
+    """Where a chapter writes its manifests and other files: `manifests/<chapter>`
+    beside the notebook.
 
-    The tests set $LABKIT_OUTPUT_ROOT to a folder under `_build/`, so that running a notebook there leaves
-    the working tree as it was; `make execute` writes the files the book links to.
+    The tests set $LABKIT_OUTPUT_ROOT to a folder under `_build/`, so that running a
+    notebook there leaves the working tree as it was; `make execute` writes the files
+    the book links to.
     """
     if not _DNS_1123.match(chapter):
         raise ValueError(
-            f"chapter={chapter!r} is not valid; use the notebook's file name, e.g. 'mec-5g'"
+            f"chapter={chapter!r} is not valid; use the notebook's file name, e.g. "
+            "'mec-5g'"
         )
     root = os.environ.get(OUTPUT_ROOT_ENV)
     path = (Path(root) if root else Path("manifests")) / chapter

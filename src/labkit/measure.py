@@ -1,4 +1,5 @@
-"""Timing with warm-up and repeats; summaries as median and p95 with the raw samples kept."""
+"""Timing with warm-up and repeats; summaries as median and p95 with the raw samples
+kept."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 
 def summarize(samples: Sequence[float]) -> dict[str, Any]:
-    """Median, p95 (nearest rank), min, max and count of `samples`, which must not be empty."""
+    """Median, p95 (nearest rank), min, max and count of `samples`, which must not be
+    empty."""
     if len(samples) == 0:
         raise ValueError("summarize() needs at least one sample")
     ordered = sorted(float(s) for s in samples)
@@ -27,10 +29,12 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
 def time_calls(
     fn: Callable[[], Any], *, repeats: int = 10, warmup: int = 2
 ) -> dict[str, Any]:
-    """Call `fn` `warmup` times untimed, then `repeats` times timed; return summarize() of seconds."""
+    """Call `fn` `warmup` times untimed, then `repeats` times timed; return summarize()
+    of seconds."""
     if repeats < 1 or warmup < 0:
         raise ValueError(
-            f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}"
+            f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, "
+            f"warmup={warmup}"
         )
     for _ in range(warmup):
         fn()

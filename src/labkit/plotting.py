@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def use_book_style() -> None:
-    """Apply the book's matplotlib style: readable sizes, light grid, no top/right spines."""
+    """Apply the book's matplotlib style: readable sizes, light grid, no top/right
+    spines."""
     import matplotlib as mpl
 
     mpl.rcParams.update(

@@ -11,12 +11,14 @@ T = TypeVar("T")
 
 
 def check_profile(profile: str) -> str:
-    """Return `profile` if it is one of PROFILES, else raise a ValueError naming the valid ones."""
+    """Return `profile` if it is one of PROFILES, else raise a ValueError naming the
+    valid ones."""
     return check_choice("profile", profile, PROFILES)
 
 
 def check_choice(name: str, value: T, valid: Iterable[T]) -> T:
-    """Return `value` if it is in `valid`, else raise a ValueError naming the valid values."""
+    """Return `value` if it is in `valid`, else raise a ValueError naming the valid
+    values."""
     valid = tuple(valid)
     if value not in valid:
         choices = ", ".join(repr(v) for v in valid)
@@ -27,7 +29,8 @@ def check_choice(name: str, value: T, valid: Iterable[T]) -> T:
 def check_positive(
     name: str, value: Any, *, integer: bool = True, maximum: float | None = None
 ) -> Any:
-    """Return `value` if it is a positive number (an int when `integer`) not above `maximum`."""
+    """Return `value` if it is a positive number (an int when `integer`) not above
+    `maximum`."""
     kind = "a positive integer" if integer else "a positive number"
     limit = f" no larger than {maximum}" if maximum is not None else ""
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
@@ -42,11 +45,13 @@ def check_positive(
 
 
 def pick(profile: str, sizes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Return the sizes for `profile` from a {profile: {name: value}} table, after checking the profile."""
+    """Return the sizes for `profile` from a {profile: {name: value}} table, after
+    checking the profile."""
     check_profile(profile)
     missing = [p for p in PROFILES if p not in sizes]
     if missing:
         raise ValueError(
-            f"sizes table lacks profiles {missing}; it must define all of {list(PROFILES)}"
+            f"sizes table lacks profiles {missing}; it must define all of "
+            f"{list(PROFILES)}"
         )
     return dict(sizes[profile])

@@ -1,4 +1,5 @@
-"""Local servers a chapter starts on 127.0.0.1: start, wait until ready, stop (with everything they spawned)."""
+"""Local servers a chapter starts on 127.0.0.1: start, wait until ready, stop (with
+everything they spawned)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 def wait_ready(
     url: str, process: subprocess.Popen[bytes] | None = None, *, timeout_s: float = 30
 ) -> float:
-    """Poll `url` with GET until it answers 200; return the seconds waited. Raises if the process exits first."""
+    """Poll `url` with GET until it answers 200; return the seconds waited. Raises if
+    the process exits first."""
     started = time.perf_counter()
     parts = urllib.parse.urlsplit(url)
     path = parts.path or "/"
@@ -44,7 +46,8 @@ def wait_ready(
     while True:
         if process is not None and process.poll() is not None:
             raise RuntimeError(
-                f"{url}: the process exited with code {process.returncode} before it was ready"
+                f"{url}: the process exited with code {process.returncode} before it "
+                "was ready"
             )
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
         try:
@@ -69,10 +72,12 @@ def start_server(
     cwd: str | Path | None = None,
     timeout_s: float = 60,
 ) -> subprocess.Popen[bytes]:
-    """Start `command` in its own process group, stdout+stderr to `log_path`, and wait for `ready_url` (GET 200).
+    """Start `command` in its own process group, stdout+stderr to `log_path`, and wait
+    for `ready_url` (GET 200).
 
-    The process (and every child it spawns) is stopped by `stop_server`, or at interpreter exit. If it
-    exits or is not ready within `timeout_s`, it is stopped and the error carries the last lines of its log.
+    The process (and every child it spawns) is stopped by `stop_server`, or at
+    interpreter exit. If it exits or is not ready within `timeout_s`, it is stopped and
+    the error carries the last lines of its log.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +105,8 @@ def start_server(
 
 
 def stop_server(process: subprocess.Popen[bytes], *, timeout_s: float = 10) -> int:
-    """Stop a server from `start_server` and its whole process group: SIGTERM, then SIGKILL. Return its exit code."""
+    """Stop a server from `start_server` and its whole process group: SIGTERM, then
+    SIGKILL. Return its exit code."""
     if process.poll() is None:
         try:
             os.killpg(process.pid, signal.SIGTERM)
@@ -122,7 +128,8 @@ def stop_server(process: subprocess.Popen[bytes], *, timeout_s: float = 10) -> i
 
 @atexit.register
 def stop_all_servers() -> None:
-    """Stop every server `start_server` started and nobody stopped (runs at interpreter exit)."""
+    """Stop every server `start_server` started and nobody stopped (runs at interpreter
+    exit)."""
     for process in list(reversed(_STARTED)):
         stop_server(process)
 
@@ -133,7 +140,8 @@ def send_json(
     body: Any,
     headers: Mapping[str, str] | None = None,
 ) -> None:
-    """Answer an `http.server` request with `body` as JSON (Content-Type and Content-Length set)."""
+    """Answer an `http.server` request with `body` as JSON (Content-Type and
+    Content-Length set)."""
     data = json.dumps(body).encode()
     handler.send_response(status)
     handler.send_header("Content-Type", "application/json")
