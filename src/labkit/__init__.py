@@ -1,7 +1,8 @@
 """labkit: the plumbing every notebook of the handbook shares.
 
-Profiles, environment detection, manifest validation, local servers, timing, plot style and glue. The technique a
-chapter teaches never lives here: it stays visible in the notebook.
+Profiles, environment and system-tool detection, manifest validation, local servers,
+timing, plot style and glue. The technique a chapter teaches never lives here: it stays
+visible in the notebook.
 """
 
 from labkit.edge import (
@@ -13,7 +14,7 @@ from labkit.edge import (
     quantize_onnx_int8,
     size_resources,
 )
-from labkit.environment import describe_environment, detect_environment
+from labkit.environment import describe_environment, detect_environment, system_tools
 from labkit.exercises import ExerciseDefect, check_exercise, not_implemented
 from labkit.glue import glue_number, glue_table
 from labkit.k8s import (
@@ -68,6 +69,7 @@ __all__ = [
     "stop_all_servers",
     "stop_server",
     "summarize",
+    "system_tools",
     "time_calls",
     "to_dict",
     "use_book_style",

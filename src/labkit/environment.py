@@ -1,10 +1,14 @@
-"""What a notebook can run against: CPUs, memory, GPU, a Ray cluster, a Kubernetes config."""
+"""What a notebook can run against: CPUs, memory, GPU, a Ray cluster, a Kubernetes
+config, and the system tools (programs that are not Python packages) that the chapters
+and the harness call."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,8 @@ def _memory_gib() -> float:
 def _gpu() -> dict[str, Any] | None:
     """The first CUDA device torch sees, or None.
 
-    Importing torch costs seconds, so it is only asked when it is already imported or an NVIDIA driver
-    is present; without torch installed there is no GPU to use.
+    Importing torch costs seconds, so it is only asked when it is already imported or an
+    NVIDIA driver is present; without torch installed there is no GPU to use.
     """
     driver_present = (
         Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
@@ -48,7 +52,10 @@ def _gpu() -> dict[str, Any] | None:
 
 
 def kubeconfig_path(env: dict[str, str] | None = None) -> str | None:
-    """The kubeconfig a client would load ($KUBECONFIG or ~/.kube/config), or 'in-cluster', or None."""
+    """The kubeconfig a client would load ($KUBECONFIG, ~/.kube/config), or None.
+
+    'in-cluster' inside a pod that has a service account token.
+    """
     env = os.environ if env is None else env
     if (
         env.get("KUBERNETES_SERVICE_HOST")
@@ -65,7 +72,7 @@ def kubeconfig_path(env: dict[str, str] | None = None) -> str | None:
 
 
 def detect_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Detect CPUs, memory, GPU, Ray address and Kubernetes config without starting anything."""
+    """Detect CPUs, memory, GPU, Ray address and Kubernetes config; start nothing."""
     env = os.environ if env is None else env
     return {
         "python": platform.python_version(),
@@ -81,9 +88,10 @@ def detect_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
 def describe_environment(
     profile: str, info: dict[str, Any] | None = None, *, uses_ray: bool = True
 ) -> str:
-    """One line saying what a notebook at `profile` runs against, and what the cluster profile lacks.
+    """One line: what a notebook at `profile` runs against, and what `cluster` lacks.
 
-    Chapters that do not use Ray pass `uses_ray=False`, so the line does not speak of a Ray cluster.
+    Chapters that do not use Ray pass `uses_ray=False`, so the line does not speak of a
+    Ray cluster.
     """
     info = detect_environment() if info is None else info
     gpu = f"GPU {info['gpu']['name']}" if info["gpu"] else "no GPU"
@@ -101,3 +109,58 @@ def describe_environment(
         )
         line += f"; {ray}; {kube}" if uses_ray else f"; {kube}"
     return line
+
+
+# The Debian package that provides each system tool: `apt-get install <package>`.
+DEBIAN_PACKAGES = {
+    "chromium": "chromium",
+    "node": "nodejs",
+    "npm": "npm",
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+}
+
+# Tools the harness needs that no chapter declares: {tool: {who needs it: without it}}.
+_NPM_ASSETS = (
+    "stop at the assets step: the book serves Mermaid and MathJax itself, "
+    "copied from npm packages (`npm ci`)"
+)
+HARNESS_TOOLS = {
+    "node": {"make book, make test": _NPM_ASSETS},
+    "npm": {"make book, make test": _NPM_ASSETS},
+    "chromium": {
+        "make test": "the browser test (tests/test_book.py) fails: "
+        "Playwright drives Debian's chromium",
+    },
+}
+
+
+def system_tools(root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every system tool a chapter of `_toc.yml` declares or the harness needs, by name.
+
+    Chapters declare theirs in `metadata.labkit.tools`; the harness's are HARNESS_TOOLS.
+    For each tool: `present` (on PATH), `version` (the first line of `--version`, or
+    'missing'), `package` (the Debian package that provides it; None when
+    DEBIAN_PACKAGES lacks it) and `needed_by`: {chapter as in `_toc.yml`, or harness
+    command: what it does without the tool}, chapters in book order, then the harness.
+    """
+    from labkit import book
+
+    root = book.ROOT if root is None else Path(root)
+    needed_by: dict[str, dict[str, str]] = {}
+    for notebook in book.toc_notebooks(root):
+        nb = json.loads((root / notebook).read_text())
+        chapter = str(notebook.with_suffix(""))
+        for tool, without in book.declared_tools(nb).items():
+            needed_by.setdefault(tool, {})[chapter] = without
+    for tool, users in HARNESS_TOOLS.items():
+        needed_by.setdefault(tool, {}).update(users)
+    return {
+        tool: {
+            "present": shutil.which(tool) is not None,
+            "version": book.tool_version(tool),
+            "package": DEBIAN_PACKAGES.get(tool),
+            "needed_by": needed_by[tool],
+        }
+        for tool in sorted(needed_by)
+    }

@@ -1,12 +1,15 @@
-"""Katib trial: train the MLP once and print validation-accuracy=<value> after every epoch.
+"""Katib trial: train the MLP once and print
+validation-accuracy=<value> after every epoch.
 
 Written by kubeflow-pipelines.ipynb from the functions the pipeline's train step runs.
 """
+
 import argparse
 
 
 def load_split(path: str, split: str):
-    """Features and labels of one split ('train', 'valid' or 'test') of the CSV the ingest step writes."""
+    """Features and labels of one split ('train', 'valid' or 'test') of the CSV that
+    the ingest step writes."""
     import numpy as np
 
     table = np.loadtxt(path, delimiter=",", skiprows=1)
@@ -14,12 +17,27 @@ def load_split(path: str, split: str):
     return rows[:, :-2], rows[:, -2].astype(int)
 
 
-def fit_mlp(x, y, learning_rate: float, hidden_units: int, alpha: float, epochs: int, seed: int, on_epoch=None):
-    """Train a one-hidden-layer MLP for `epochs` passes over (x, y); call on_epoch(epoch, model) after each."""
+def fit_mlp(
+    x,
+    y,
+    learning_rate: float,
+    hidden_units: int,
+    alpha: float,
+    epochs: int,
+    seed: int,
+    on_epoch=None,
+):
+    """Train a one-hidden-layer MLP for `epochs` passes over (x, y).
+
+    Calls on_epoch(epoch, model) after each pass."""
     from sklearn.neural_network import MLPClassifier
 
-    model = MLPClassifier(hidden_layer_sizes=(hidden_units,), learning_rate_init=learning_rate, alpha=alpha,
-                          random_state=seed)
+    model = MLPClassifier(
+        hidden_layer_sizes=(hidden_units,),
+        learning_rate_init=learning_rate,
+        alpha=alpha,
+        random_state=seed,
+    )
     for epoch in range(1, epochs + 1):
         model.partial_fit(x, y, classes=[0, 1])
         if on_epoch is not None:
@@ -44,4 +62,13 @@ if __name__ == "__main__":
         print(f"epoch={epoch}", flush=True)
         print(f"validation-accuracy={accuracy:.4f}", flush=True)
 
-    fit_mlp(x, y, args.learning_rate, args.hidden_units, args.alpha, args.epochs, args.seed, on_epoch=report)
+    fit_mlp(
+        x,
+        y,
+        args.learning_rate,
+        args.hidden_units,
+        args.alpha,
+        args.epochs,
+        args.seed,
+        on_epoch=report,
+    )
