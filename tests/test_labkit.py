@@ -515,6 +515,26 @@ def test_editing_a_helper_module_makes_exactly_its_notebooks_stale(
     assert stale() == ["a", "b"]
 
 
+def test_a_page_that_tables_tool_declarations_goes_stale_with_them(
+    tmp_path: Path,
+) -> None:
+    _tiny_book(tmp_path)
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: notebooks/part/a\nchapters:\n"
+        "- file: notebooks/part/b\n- file: notebooks/part/c\n"
+    )
+    page = tmp_path / "notebooks/part/a.ipynb"
+    nb = json.loads(page.read_text())
+    nb["metadata"]["labkit"]["reads_tool_declarations"] = True
+    page.write_text(json.dumps(nb))
+    before = book.local_hash(Path("notebooks/part/a.ipynb"), tmp_path)
+    other = tmp_path / "notebooks/part/b.ipynb"
+    nb_b = json.loads(other.read_text())
+    nb_b["metadata"]["labkit"]["tools"] = {"promtool": "skips the rule tests"}
+    other.write_text(json.dumps(nb_b))
+    assert book.local_hash(Path("notebooks/part/a.ipynb"), tmp_path) != before
+
+
 def test_declared_tool_versions_enter_the_stamp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -535,10 +555,8 @@ def _check_two(answer: object) -> None:
 def test_check_exercise_on_the_placeholder_says_not_solved_and_does_not_raise(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert (
-        labkit.check_exercise("t-ex", _check_two, ..., wrong=[3], hint="one plus one")
-        is False
-    )
+    labkit.check_exercise("t-ex", _check_two, ..., wrong=[3], hint="one plus one")
+    assert labkit.exercises.RECORDS[-1]["accepted"] is False
     out = capsys.readouterr().out
     assert (
         "not solved yet" in out
@@ -550,14 +568,11 @@ def test_check_exercise_on_the_placeholder_says_not_solved_and_does_not_raise(
 def test_check_exercise_reports_a_wrong_answer_and_accepts_a_right_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert labkit.check_exercise("t-ex", _check_two, 5, wrong=[3], hint="h") is False
+    labkit.check_exercise("t-ex", _check_two, 5, wrong=[3], hint="h")
+    assert labkit.exercises.RECORDS[-1]["accepted"] is False
     assert "not yet right: 5 is not two" in capsys.readouterr().out
-    assert (
-        labkit.check_exercise(
-            "t-ex", _check_two, 2, wrong=[3], hint="h", reference=True
-        )
-        is True
-    )
+    labkit.check_exercise("t-ex", _check_two, 2, wrong=[3], hint="h", reference=True)
+    assert labkit.exercises.RECORDS[-1]["accepted"] is True
     assert "✓ t-ex: solved." in capsys.readouterr().out
 
 
@@ -612,17 +627,21 @@ def test_check_exercise_for_a_function_and_its_log(
 
 
 def test_glue_table_lists_every_glued_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    import IPython.display
     import myst_nb
 
     from labkit import glue
 
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: None)
     monkeypatch.setattr(glue, "GLUED", {})
     with pytest.raises(ValueError, match="nothing was glued"):
         labkit.glue_table()
     labkit.glue_number("speedup", 3.14159)
     labkit.glue_number("count", 16)
-    text = labkit.glue_table()
+    assert labkit.glue_table() is None
+    text = shown[-1].data
     assert "| `speedup` | 3.142 |" in text and "| `count` | 16 |" in text
 
 

@@ -197,6 +197,12 @@ def local_hash(notebook: Path, root: Path = ROOT) -> str:
         digest.update(str(path).encode() + b"\0" + (root / path).read_bytes() + b"\0")
     for tool in sorted(declared_tools(nb)):
         digest.update(f"{tool}={tool_version(tool)}".encode() + b"\0")
+    if nb.get("metadata", {}).get("labkit", {}).get("reads_tool_declarations"):
+        for other in toc_notebooks(root):  # a page that tables every chapter's tools
+            other_nb = json.loads((root / other).read_text())
+            digest.update(
+                f"{other}={sorted(declared_tools(other_nb).items())}".encode()
+            )
     return digest.hexdigest()[:16]
 
 

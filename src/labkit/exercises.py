@@ -58,7 +58,7 @@ def check_exercise(
     hint: str,
     placeholder: Any = ...,
     reference: bool = False,
-) -> bool:
+) -> None:
     """Judge `answer` with `check` (which raises AssertionError with a message when it
     is wrong).
 
@@ -114,4 +114,3 @@ def check_exercise(
         f"  (this check rejects the placeholder and {len(wrong)} plausible wrong "
         "answer(s))"
     )
-    return problem is None

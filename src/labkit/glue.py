@@ -30,7 +30,7 @@ def glue_number(name: str, value: float) -> int | float:
     return number
 
 
-def glue_table() -> str:
+def glue_table() -> None:
     """Display (and return) a Markdown table of every number glued in this kernel, in
     glue order."""
     from IPython.display import Markdown, display
@@ -43,4 +43,3 @@ def glue_table() -> str:
         lines.append(f"| `{name}` | {shown} |")
     text = "\n".join(lines)
     display(Markdown(text))
-    return text
