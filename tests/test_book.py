@@ -17,7 +17,6 @@ import functools
 import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,22 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import browsing
 import pytest
 import yaml
 
 from labkit.book import ROOT, toc_files, toc_notebooks
 
 HTML = ROOT / "_build" / "html"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 # Console messages every page of sphinx-book-theme 1.3 (pydata-sphinx-theme 0.17)
 # emits, whatever the content: its template declares THEBE_JS_URL twice, and with no
 # stored colour preference the theme logs an empty mode before falling back to "auto".
@@ -123,17 +113,8 @@ def server(built_book: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(server: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), (
-        "Debian's chromium is not installed (apt-get install chromium)"
-    )
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+    with browsing.chromium() as instance:
         yield instance
-        instance.close()
 
 
 def page_paths() -> list[str]:

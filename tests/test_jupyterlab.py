@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
+import browsing
 import pytest
 
 from labkit.book import ROOT
@@ -44,16 +45,6 @@ from labkit.book import ROOT
 pytestmark = pytest.mark.browser
 
 CHAPTER = Path("notebooks/00-start/environment-check.ipynb")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SERVER_START_S = 90
 PAGE_READY_MS = 120_000
 RUN_ALL_MS = 150_000
@@ -240,17 +231,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Pa
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), (
-        "Debian's chromium is not installed (apt-get install chromium)"
-    )
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+    with browsing.chromium() as instance:
         yield instance
-        instance.close()
 
 
 def test_chapter_runs_in_jupyterlab_with_myst(
