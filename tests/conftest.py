@@ -97,14 +97,17 @@ def pytest_collection_modifyitems(
             NBVAL_RUN.add(str(path.resolve().relative_to(ROOT)))
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _seconds[report.nodeid] += report.duration
-
-
 def pytest_terminal_summary(
     terminalreporter: object, exitstatus: int, config: pytest.Config
 ) -> None:
     from labkit.book import ci_timings
+
+    # Every report, notebook cells included: a conftest's runtest hooks see only
+    # the items below its own folder, so they would miss nbval's.
+    for reports in terminalreporter.stats.values():  # type: ignore[attr-defined]
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                _seconds[report.nodeid] += report.duration
 
     run = {
         "date": dt.date.today().isoformat(),
