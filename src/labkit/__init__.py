@@ -5,6 +5,7 @@ timing, plot style and glue. The technique a chapter teaches never lives here: i
 visible in the notebook.
 """
 
+from labkit.determinism import pin_kernels, pin_threads
 from labkit.edge import (
     EDGE_RUNTIMES,
     edge_deployment,
@@ -14,11 +15,17 @@ from labkit.edge import (
     quantize_onnx_int8,
     size_resources,
 )
-from labkit.environment import describe_environment, detect_environment, system_tools
+from labkit.environment import (
+    describe_environment,
+    detect_environment,
+    find_tool,
+    system_tools,
+)
 from labkit.exercises import ExerciseDefect, check_exercise, not_implemented
 from labkit.glue import glue_number, glue_table
 from labkit.k8s import (
     check_pod_security_restricted,
+    load_manifests,
     output_dir,
     to_dict,
     validate_custom_resource,
@@ -59,12 +66,16 @@ __all__ = [
     "check_pod_security_restricted",
     "check_profile",
     "describe_environment",
+    "find_tool",
     "free_port",
     "detect_environment",
     "glue_number",
     "init_ray",
+    "load_manifests",
     "loopback_node_ip",
     "pick",
+    "pin_kernels",
+    "pin_threads",
     "start_server",
     "stop_all_servers",
     "stop_server",

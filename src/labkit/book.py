@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,9 @@ REPORT_MD = Path("book/execution-report.md")
 CI_TIMINGS = Path("book/ci-timings.json")
 # Files a notebook writes (labkit.output_dir) are outputs, not inputs of its stamp.
 OUTPUT_FOLDERS = ("manifests",)
+# Manifests kept as YAML beside a chapter: templates/<chapter>/*.yaml, which the chapter
+# loads, sizes from its measurements, validates and writes to manifests/<chapter>/.
+TEMPLATES_FOLDER = "templates"
 CI_GOAL_MIN = 45
 CHAPTERS_PLANNED = 35
 _READ_NAME = re.compile(
@@ -134,8 +136,8 @@ def _imported_names(text: str) -> set[str]:
 
 
 def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
-    """Files beside `notebook` that it imports (recursively) or names as a string,
-    outputs excluded.
+    """Files beside `notebook` that it imports (recursively) or names as a string, and
+    its YAML sources under templates/<chapter>/; outputs excluded.
 
     Paths are relative to `root`, sorted. Helper modules that import one another are
     followed.
@@ -143,7 +145,9 @@ def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
     folder = (root / notebook).parent
     nb = json.loads((root / notebook).read_text())
     texts = code_sources(nb)
-    found: set[Path] = set()
+    # The chapter's YAML sources (templates/<chapter>/) count whole.
+    templates = folder / TEMPLATES_FOLDER / Path(notebook).stem
+    found: set[Path] = {p for p in templates.rglob("*") if p.is_file()}
     while texts:
         text = texts.pop()
         candidates = [folder / f"{name}.py" for name in _imported_names(text)]
@@ -175,7 +179,9 @@ def declared_tools(nb: dict[str, Any]) -> dict[str, str]:
 def tool_version(tool: str) -> str:
     """The first line `tool --version` prints, or 'missing' when the tool is not on
     PATH."""
-    path = shutil.which(tool)
+    from labkit.environment import find_tool
+
+    path = find_tool(tool)
     if path is None:
         return "missing"
     try:
@@ -184,8 +190,11 @@ def tool_version(tool: str) -> str:
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"unknown ({type(err).__name__})"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0].strip() if lines else "unknown"
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines()]
+    lines = [line for line in lines if line]
+    # Some daemons (mosquitto) reject --version and print their version in the usage.
+    versioned = [line for line in lines if "version" in line.lower()]
+    return (versioned or lines or ["unknown"])[0]
 
 
 def local_hash(notebook: Path, root: Path = ROOT) -> str:

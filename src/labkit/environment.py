@@ -113,7 +113,10 @@ def describe_environment(
 
 # The Debian package that provides each system tool: `apt-get install <package>`.
 DEBIAN_PACKAGES = {
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
     "chromium": "chromium",
+    "mosquitto": "mosquitto",
     "node": "nodejs",
     "npm": "npm",
     "prometheus": "prometheus",
@@ -133,6 +136,12 @@ HARNESS_TOOLS = {
         "Playwright drives Debian's chromium",
     },
 }
+
+
+def find_tool(tool: str) -> str | None:
+    """The path of a system tool: on PATH, or in /usr/sbin or /sbin, where Debian puts
+    daemons such as mosquitto and which a user's PATH often lacks."""
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
 
 
 def system_tools(root: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -157,7 +166,7 @@ def system_tools(root: Path | None = None) -> dict[str, dict[str, Any]]:
         needed_by.setdefault(tool, {}).update(users)
     return {
         tool: {
-            "present": shutil.which(tool) is not None,
+            "present": find_tool(tool) is not None,
             "version": book.tool_version(tool),
             "package": DEBIAN_PACKAGES.get(tool),
             "needed_by": needed_by[tool],

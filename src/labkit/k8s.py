@@ -216,6 +216,17 @@ def check_pod_security_restricted(obj: Any) -> list[str]:
     return problems
 
 
+def load_manifests(path: str | Path) -> list[dict[str, Any]]:
+    """The documents of a (multi-document) YAML file, empty documents dropped: a
+    chapter's manifest source, which it then sizes, validates and writes."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+    if not docs:
+        raise ValueError(f"{Path(path).name} holds no YAML document")
+    return docs
+
+
 def write_manifests(objs: Iterable[Any], path: str | Path) -> Path:
     """Write manifests as one multi-document YAML file a reader can `kubectl apply -f`;
     return the path."""

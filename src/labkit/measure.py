@@ -10,16 +10,20 @@ from typing import Any
 
 
 def summarize(samples: Sequence[float]) -> dict[str, Any]:
-    """Median, p95 (nearest rank), min, max and count of `samples`, which must not be
-    empty."""
+    """Median, p95 and p99 (nearest rank), min, max and count of `samples`, which must
+    not be empty."""
     if len(samples) == 0:
         raise ValueError("summarize() needs at least one sample")
     ordered = sorted(float(s) for s in samples)
-    rank = max(1, -(-95 * len(ordered) // 100))  # nearest-rank percentile: ceil(0.95 n)
+
+    def nearest_rank(q: int) -> float:  # the ceil(q/100 * n)-th smallest sample
+        return ordered[max(1, -(-q * len(ordered) // 100)) - 1]
+
     return {
         "n": len(ordered),
         "median": statistics.median(ordered),
-        "p95": ordered[rank - 1],
+        "p95": nearest_rank(95),
+        "p99": nearest_rank(99),
         "min": ordered[0],
         "max": ordered[-1],
         "samples": ordered,

@@ -74,9 +74,22 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> str:
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
         return f"connected to the Ray cluster at RAY_ADDRESS: {nodes} node(s)"
     head_ip, note = local_head_ip()
-    ray.init(
-        address="local", _node_ip_address=head_ip, num_cpus=num_cpus, **quiet, **kwargs
-    )
+    # On a busy machine the raylet can miss its start-up deadline; one more try after a
+    # clean shutdown is enough in practice.
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address="local",
+                _node_ip_address=head_ip,
+                num_cpus=num_cpus,
+                **quiet,
+                **kwargs,
+            )
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     cpus = int(ray.cluster_resources().get("CPU", 0))
     line = f"started a local Ray instance on {head_ip} with {cpus} CPUs"
     line += " (no RAY_ADDRESS set)"
