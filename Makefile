@@ -53,7 +53,7 @@ book: setup assets execute
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval-sanitize.cfg --nbval-cell-timeout 600
 test: setup assets
 ifeq ($(NB),)
-	$(PY) -m pytest --durations=20 tests/test_labkit.py tests/test_tools.py tests/test_harness.py \
+	$(PY) -m pytest --durations=20 tests/test_labkit.py tests/test_operational.py tests/test_tools.py tests/test_harness.py \
 	  tests/test_environment.py tests/test_hygiene.py $(NBVAL) $$($(PY) -m labkit.book list) \
 	  tests/test_exercises_ran.py tests/test_smoke.py tests/test_tree_clean.py tests/test_book.py tests/test_jupyterlab.py
 else

@@ -285,3 +285,48 @@ def exercise_problems(nb: dict[str, Any]) -> list[str]:
                     f"{label}: the reference solution's check does not say it is solved"
                 )
     return problems
+
+
+# An assert about a budget or deadline that looks at the best, typical or first sample
+# instead of the tail: min(), best_*, median, p50, [0] of sorted samples.
+_BUDGET_WORDS = re.compile(r"(?i)budget|deadline|slo\b|_ms_target|frame_interval")
+_BEST_OF_N = re.compile(
+    r"(?i)\bmin\(|\bbest\w*|median|\bp50\b|[\"']min[\"']|[\"']median[\"']|sorted\([^)]*\)\[0\]"
+)
+
+
+def _assert_tests(src: str) -> list[str]:
+    """The source text of every assert statement's test in a code cell (magics
+    dropped)."""
+    import ast
+
+    text = "\n".join(
+        "" if line.lstrip().startswith(("%", "!")) else line
+        for line in src.splitlines()
+    )
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    return [
+        ast.get_source_segment(text, node.test) or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assert)
+    ]
+
+
+def budget_problems(nb: dict[str, Any]) -> list[str]:
+    """Asserts that hold a budget against the best (or typical) of N samples.
+
+    A latency budget is a statement about the tail: it is asserted on the p95 or p99
+    of all samples (book/contributing.md, Budgets)."""
+    problems = []
+    for index, cell in code_cells(nb):
+        for test in _assert_tests(source(cell)):
+            if _BUDGET_WORDS.search(test) and _BEST_OF_N.search(test):
+                first = " ".join(test.split())[:120]
+                problems.append(
+                    f"cell {index}: a budget asserted on the best or typical sample, "
+                    f"not on the p95/p99: {first}"
+                )
+    return problems

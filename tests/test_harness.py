@@ -193,3 +193,32 @@ def test_an_exercise_check_that_accepts_a_wrong_answer_fails_the_run(
         papermill.PapermillExecutionError, match="accepts the wrong answer"
     ):
         exercise_notebook(tmp_path / "ex.ipynb", "answer = ...", wrong="[2]")
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        "assert min(samples) < budget_ms",
+        'assert pipeline["median"] < PERCEPTION_BUDGET_MS',
+        'assert best_ms <= frame_budget_ms, "fits"',
+        'assert stats["p50"] < budget and True',
+    ],
+)
+def test_budget_check_flags_the_best_or_typical_sample(test: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"x = 1\n{test}\n")]
+    assert nbchecks.budget_problems(nb)
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        'assert stats["p95"] <= budget_ms',
+        "assert summary['p99'] < BUDGET_MS, f'p99 {summary}'",
+        "assert min(a, b) > 0  # not a budget",
+    ],
+)
+def test_budget_check_accepts_the_tail(test: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"x = 1\n{test}\n")]
+    assert nbchecks.budget_problems(nb) == []

@@ -84,6 +84,29 @@ def test_exercises_follow_the_pattern(notebook: Path) -> None:
     )
 
 
+def test_budgets_are_asserted_on_the_tail(notebook: Path) -> None:
+    problems = nbchecks.budget_problems(nbchecks.load(ROOT / notebook))
+    assert problems == [], (
+        f"{notebook}: "
+        + "\n  ".join(problems)
+        + "\n  see book/contributing.md, Fair comparisons, honest budgets"
+    )
+
+
+def test_manifests_would_work_on_a_cluster(notebook: Path) -> None:
+    """The chapter's written manifests (manifests/<chapter>/ beside it) pass the
+    operational checks: labkit.operational_problems."""
+    import labkit
+
+    folder = (ROOT / notebook).parent / "manifests" / notebook.stem
+    problems = labkit.operational_problems(labkit.load_bundle(folder))
+    assert problems == [], (
+        f"{notebook}: "
+        + "\n  ".join(problems)
+        + "\n  see book/contributing.md, Manifests"
+    )
+
+
 def test_compared_share_per_chapter(notebook: Path) -> None:
     compared, with_output = compared_cells(nbchecks.load(ROOT / notebook))
     assert with_output and compared / with_output >= COMPARED_FLOOR_CHAPTER, (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -770,3 +771,31 @@ def test_export_and_quantize_onnx_keep_the_model_s_answers(tmp_path: Path) -> No
             == 3
         )
     assert (tmp_path / "dynamic.onnx").stat().st_size < path.stat().st_size / 2.5
+
+
+def test_summarize_reports_nearest_rank_tail() -> None:
+    stats = labkit.summarize(list(range(1, 201)))
+    assert (stats["p95"], stats["p99"], stats["median"]) == (190.0, 198.0, 100.5)
+
+
+def test_load_manifests_reads_every_document(tmp_path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text("kind: A\n---\n---\nkind: B\n")
+    assert [d["kind"] for d in labkit.load_manifests(path)] == ["A", "B"]
+    (tmp_path / "empty.yaml").write_text("---\n")
+    with pytest.raises(ValueError, match="no YAML document"):
+        labkit.load_manifests(tmp_path / "empty.yaml")
+
+
+def test_find_tool_looks_in_sbin(monkeypatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert labkit.find_tool("definitely-not-a-tool") is None
+    daemons = sorted(p for p in Path("/usr/sbin").iterdir() if os.access(p, os.X_OK))
+    assert daemons, "a Linux or macOS system has programs in /usr/sbin"
+    assert labkit.find_tool(daemons[0].name) == str(daemons[0])
+
+
+def test_pin_kernels_refuses_after_torch(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", object())
+    with pytest.raises(RuntimeError, match="before `import torch`"):
+        labkit.pin_kernels()

@@ -33,6 +33,7 @@ from labkit.k8s import (
     write_manifests,
 )
 from labkit.measure import summarize, time_calls
+from labkit.operational import load_bundle, operational_problems
 from labkit.plotting import use_book_style
 from labkit.profiles import PROFILES, check_choice, check_positive, check_profile, pick
 from labkit.ray_local import LOOPBACK_HEAD_IP, init_ray, loopback_node_ip
@@ -52,6 +53,8 @@ __all__ = [
     "glue_table",
     "not_implemented",
     "output_dir",
+    "operational_problems",
+    "load_bundle",
     "send_json",
     "edge_deployment",
     "export_onnx",
