@@ -266,3 +266,165 @@ def scrape_counters(
         errors = sum(v for v, code in counts if code.startswith("5"))
         samples.append((time.time(), total, errors))
         stop.wait(interval_s)
+
+
+def start_alertmanager(
+    binary: str, run_dir: Path, config: dict[str, Any], spawn: Any
+) -> tuple[Any, str]:
+    """Alertmanager on a free loopback port with `config`, one instance (no gossip
+    port); returns (process, URL). `spawn` starts a logged process (shopapp.spawn)."""
+    import yaml
+
+    from labkit import free_port
+
+    port = free_port()
+    (run_dir / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    process = spawn(
+        [
+            binary,
+            f"--config.file={run_dir / 'alertmanager.yml'}",
+            f"--storage.path={run_dir / 'alertmanager'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        run_dir,
+        "alertmanager",
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def start_prometheus(
+    binary: str,
+    run_dir: Path,
+    targets: dict[str, int],
+    rule_files: list[str],
+    interval: str,
+    alertmanager_url: str | None,
+    spawn: Any,
+) -> tuple[Any, str]:
+    """Prometheus on a free loopback port, scraping each {job: port} on 127.0.0.1 and
+    evaluating `rule_files` (in run_dir) every `interval`, its TSDB in run_dir/tsdb
+    (where a backfill may already lie); returns (process, URL)."""
+    import yaml
+
+    from labkit import free_port
+
+    port = free_port()
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": interval,
+            "scrape_timeout": interval,
+            "evaluation_interval": interval,
+        },
+        "rule_files": rule_files,
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}"]}]}
+            for job, p in targets.items()
+        ],
+    }
+    if alertmanager_url:
+        host = alertmanager_url.removeprefix("http://")
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": [host]}]}]
+        }
+    (run_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    process = spawn(
+        [
+            binary,
+            f"--config.file={run_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={run_dir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        run_dir,
+        "prometheus",
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_for_targets(prom_url: str, jobs: list[str], timeout_s: float = 15) -> list:
+    """Wait until Prometheus reports every job's target up (it applies targets at most
+    every 5 s after a start); return the names of its alerting rules."""
+    deadline = time.monotonic() + timeout_s
+    want = dict.fromkeys(jobs, "up")
+    while True:
+        targets = requests.get(prom_url + "/api/v1/targets", timeout=5).json()
+        health = {
+            t["labels"]["job"]: t["health"] for t in targets["data"]["activeTargets"]
+        }
+        if health == want:
+            break
+        assert time.monotonic() < deadline, f"targets not up: {health}"
+        time.sleep(0.1)
+    groups = requests.get(prom_url + "/api/v1/rules", timeout=5).json()["data"]
+    return [
+        r["name"]
+        for g in groups["groups"]
+        for r in g["rules"]
+        if r["type"] == "alerting"
+    ]
+
+
+def burn_from_scrapes(
+    history: list[tuple[float, float, float]],
+    samples: list[tuple[float, float, float]],
+    windows_s: dict[str, float],
+    budget: float,
+    start: float,
+) -> pd.DataFrame:
+    """Without Prometheus: the recording rules' arithmetic (errors / requests over each
+    trailing window, divided by the budget) at every scrape after `start`, over the
+    healthy history followed by the notebook's own scrapes of (time, requests, 5xx)."""
+    last = history[-1][1] if history else 0.0
+    scraped = pd.DataFrame(
+        history + [(t, last + n, e) for t, n, e in samples],
+        columns=["time", "requests", "errors"],
+    ).set_index("time")
+    columns = {}
+    for label, window_s in windows_s.items():
+        rows = {}
+        for t in scraped.index[scraped.index >= start]:
+            past = scraped[scraped.index <= t - window_s]
+            base = past.iloc[-1] if len(past) else scraped.iloc[0]
+            delta = scraped.loc[t] - base
+            rows[t] = delta["errors"] / delta["requests"] if delta["requests"] else 0
+        columns[label] = pd.Series(rows)
+    return pd.DataFrame(columns) / budget
+
+
+def loki_problems(config: dict[str, Any]) -> list[str]:
+    """What Loki 3 needs: tsdb and schema v13 (structured metadata), a store for
+    retention's delete requests, every path on the /loki volume."""
+    problems = []
+    for entry in config["schema_config"]["configs"]:
+        if (entry["store"], entry["schema"]) != ("tsdb", "v13"):
+            problems.append(
+                f"schema {entry['schema']} on {entry['store']}: "
+                "Loki 3 wants tsdb and v13"
+            )
+    compactor = config["compactor"]
+    if compactor.get("retention_enabled") and not compactor.get("delete_request_store"):
+        problems.append("retention needs compactor.delete_request_store")
+    paths = [
+        config["common"]["path_prefix"],
+        compactor["working_directory"],
+        *config["common"]["storage"]["filesystem"].values(),
+    ]
+    problems += [
+        f"{p} is outside the /loki volume" for p in paths if not p.startswith("/loki")
+    ]
+    return problems
+
+
+def fluent_bit_problems(config: dict[str, Any]) -> list[str]:
+    """Every Fluent Bit filter and output must match the tag some input produces."""
+    from fnmatch import fnmatch
+
+    tags = [i["tag"].replace("*", "x") for i in config["pipeline"]["inputs"]]
+    stages = config["pipeline"].get("filters", []) + config["pipeline"]["outputs"]
+    return [
+        f"{s['name']}: match {s['match']!r} catches no input"
+        for s in stages
+        if not any(fnmatch(tag, s["match"]) for tag in tags)
+    ]
