@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ def count_video(
     gate_px_per_skip: float = 5.0,
     classify=None,
     keep_crops: bool = False,
+    heartbeat: str | None = None,
 ) -> dict:
     """Run the pipeline on a video file. Geometry parameters are in full-resolution
     pixels.
@@ -137,7 +139,8 @@ def count_video(
     Every frame is decoded (grab); every `skip`-th is retrieved, resized by `scale` and
     processed. Returns the crossing events, the wall and CPU time, and the CPU time of
     every processed frame in ms (its decode included: CPU time, not wall time, is what a
-    pod's CPU limit pays for)."""
+    pod's CPU limit pays for). With `heartbeat`, that file's time is renewed after every
+    processed frame: the pod's probes read its age."""
     cap = cv2.VideoCapture(str(video_path))
     if not cap.isOpened():
         raise FileNotFoundError(f"cannot open video {video_path}")
@@ -185,6 +188,10 @@ def count_video(
                     if keep_crops:
                         event["crop"] = crop
                 events.append(event)
+        if heartbeat:
+            os.utime(heartbeat) if os.path.exists(heartbeat) else open(
+                heartbeat, "w"
+            ).close()
         cpu_ms.append((time.process_time() - c0) * 1000)
     cap.release()
     return {
@@ -236,11 +243,16 @@ def main() -> None:
     parser.add_argument("--model", help="ONNX crop classifier")
     parser.add_argument("--skip", type=int, default=1)
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--heartbeat", help="file renewed after every frame (probes)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     classify = onnx_classifier(args.model) if args.model else None
     result = count_video(
-        args.video, skip=args.skip, scale=args.scale, classify=classify
+        args.video,
+        skip=args.skip,
+        scale=args.scale,
+        classify=classify,
+        heartbeat=args.heartbeat,
     )
     counts: dict[str, int] = {}
     for e in result["events"]:
