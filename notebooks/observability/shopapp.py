@@ -10,15 +10,17 @@ Every service is a real process on 127.0.0.1 (Python's ThreadingHTTPServer) and 
 the three OpenTelemetry signals:
 
 - traces: a TracerProvider with a BatchSpanProcessor whose exporter writes one JSON
-  line per span to `<data-dir>/<service>-spans.jsonl` (the stand-in for an OTLP
-  exporter pointed at a Collector); the W3C `traceparent` and `baggage` headers carry
-  the context from one process to the next;
+  line per span to `<data-dir>/<service>-spans.jsonl`, or, when the standard variable
+  OTEL_EXPORTER_OTLP_ENDPOINT is set, the real OTLP/HTTP exporter (protobuf) pointed
+  at that endpoint; the W3C `traceparent` and `baggage` headers carry the context from
+  one process to the next; OTEL_TRACES_SAMPLER(_ARG) choose the sampler;
 - metrics: a MeterProvider whose PrometheusMetricReader serves the instruments at
   `GET /metrics`;
-- logs: the standard `logging` module bridged to a LoggerProvider, exported as one JSON
-  object per line on stdout (what a container runtime writes to a file and a log
-  shipper tails), each line carrying the trace and span id of the request that wrote
-  it.
+- logs: the standard `logging` module bridged to a LoggerProvider by the SDK's
+  LoggingHandler (the logs SDK is experimental), exported over OTLP when the endpoint
+  is set, else as one JSON object per line on stdout (what a container runtime
+  writes to a file and a log shipper tails), each line carrying the trace and span id
+  of the request that wrote it.
 
 Faults (`POST /admin/fault` with a JSON body, on any service) act on one named
 operation of that service: `delay_ms` with `delay_fraction` (a slow dependency),
@@ -88,6 +90,7 @@ SPAN_COLUMNS = (
 )
 
 log = logging.getLogger("shop")
+PYTHON_LEVELS = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 
 # --------------------------------------------------------------------------------------
@@ -154,15 +157,22 @@ def make_log_exporter(stream: Any) -> Any:
             for readable in batch:
                 record = readable.log_record
                 trace_id, span_id = record.trace_id, record.span_id
+                text = record.severity_text
                 line = {
                     "time": iso_time(record.timestamp),
                     "service": readable.resource.attributes.get("service.name"),
-                    "level": record.severity_text,
+                    # Python's level names (the SDK writes WARN and FATAL), which
+                    # the log queries of logs-and-alerts use.
+                    "level": PYTHON_LEVELS.get(text, text),
                     "message": record.body,
                     "trace_id": format_trace_id(trace_id) if trace_id else None,
                     "span_id": format_span_id(span_id) if span_id else None,
                 }
-                line.update(dict(record.attributes or {}))
+                line.update(
+                    (key, value)
+                    for key, value in (record.attributes or {}).items()
+                    if not key.startswith("code.")  # LoggingHandler's source location
+                )
                 lines.append(json.dumps(line) + "\n")
             stream.write("".join(lines))
             stream.flush()
@@ -178,33 +188,17 @@ def make_log_exporter(stream: Any) -> Any:
     return JsonLinesLogExporter()
 
 
-class OTelLogHandler(logging.Handler):
-    """Bridge from `logging` to the OpenTelemetry Logs API; the current span's context
-    rides along."""
+def sdk_logging_handler(logger_provider: Any) -> logging.Handler:
+    """The SDK's own bridge from `logging` (opentelemetry.sdk._logs.LoggingHandler,
+    experimental; 1.45 deprecates it in favour of opentelemetry-instrumentation-logging,
+    which the book's lock does not install)."""
+    import warnings
 
-    _STANDARD = set(vars(logging.makeLogRecord({}))) | {
-        "message",
-        "asctime",
-        "taskName",
-    }
-    _SEVERITY = {"DEBUG": 5, "INFO": 9, "WARNING": 13, "ERROR": 17, "CRITICAL": 21}
+    from opentelemetry.sdk._logs import LoggingHandler
 
-    def __init__(self, logger_provider: Any) -> None:
-        super().__init__()
-        self._logger = logger_provider.get_logger("shop")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from opentelemetry._logs import SeverityNumber
-
-        extra = {k: v for k, v in vars(record).items() if k not in self._STANDARD}
-        # No context passed: the Logs API takes the current span's trace and span id.
-        self._logger.emit(
-            timestamp=int(record.created * 1e9),
-            severity_number=SeverityNumber(self._SEVERITY.get(record.levelname, 9)),
-            severity_text=record.levelname,
-            body=record.getMessage(),
-            attributes=extra,
-        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return LoggingHandler(logger_provider=logger_provider)
 
 
 def setup_telemetry(
@@ -222,6 +216,8 @@ def setup_telemetry(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    # The SDK's standard variable: with it, every signal goes out over OTLP/HTTP.
+    otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     resource = Resource.create(
         {
             "service.name": service,
@@ -231,9 +227,16 @@ def setup_telemetry(
     )
 
     # Traces. The default sampler is ParentBased(ALWAYS_ON): the caller's decision is
-    # honoured.
+    # honoured (OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG override it).
     tracer_provider = TracerProvider(resource=resource)
-    exporter = make_span_exporter(Path(data_dir) / f"{service}-spans.jsonl")
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
+
+        exporter = OTLPSpanExporter()  # endpoint + /v1/traces
+    else:
+        exporter = make_span_exporter(Path(data_dir) / f"{service}-spans.jsonl")
     tracer_provider.add_span_processor(
         BatchSpanProcessor(exporter, schedule_delay_millis=200)
     )
@@ -241,23 +244,39 @@ def setup_telemetry(
 
     # Metrics, pulled rather than pushed: Prometheus scrapes GET /metrics, which reads
     # the instruments.
-    meter_provider = MeterProvider(
-        resource=resource, metric_readers=[PrometheusMetricReader()]
-    )
+    readers: list[Any] = [PrometheusMetricReader()]
+    if otlp:  # and pushed over OTLP as well, once a second
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter,
+        )
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(), export_interval_millis=1000
+            )
+        )
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
     meter = metrics.get_meter("shop", VERSION)
     buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
 
-    # Logs: logging -> LoggerProvider -> batch -> JSON lines on stdout.
+    # Logs: logging -> LoggingHandler -> LoggerProvider -> batch -> OTLP or JSON lines.
     logger_provider = LoggerProvider(resource=resource)
-    logger_provider.add_log_record_processor(
-        BatchLogRecordProcessor(
-            make_log_exporter(log_stream), schedule_delay_millis=200
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import (
+            OTLPLogExporter,
         )
+
+        log_exporter = OTLPLogExporter()
+    else:
+        log_exporter = make_log_exporter(log_stream)
+    logger_provider.add_log_record_processor(
+        BatchLogRecordProcessor(log_exporter, schedule_delay_millis=200)
     )
     set_logger_provider(logger_provider)
     root = logging.getLogger()
-    root.handlers[:] = [OTelLogHandler(logger_provider)]
+    root.handlers[:] = [sdk_logging_handler(logger_provider)]
     root.setLevel(logging.INFO)
 
     return {
@@ -718,15 +737,18 @@ def serve(
 # Running the shop from a notebook: processes, faults, load, spans
 
 
-def spawn(command: list[str], log_dir: Path, name: str) -> subprocess.Popen[bytes]:
+def spawn(
+    command: list[str], log_dir: Path, name: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a process with stdout in `log_dir/name.log` and stderr in
-    `log_dir/name.err`."""
+    `log_dir/name.err`, with `env` added to this process's environment."""
     log_dir = Path(log_dir)
     return subprocess.Popen(
         command,
         stdout=(log_dir / f"{name}.log").open("wb"),
         stderr=(log_dir / f"{name}.err").open("wb"),
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -754,9 +776,13 @@ def wait_ready(
 
 
 def start_shop(
-    data_dir: Path, seed: int = 0, ports: dict[str, int] | None = None
+    data_dir: Path,
+    seed: int = 0,
+    ports: dict[str, int] | None = None,
+    env: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Start inventory, orders and gateway (on `ports`, else free ones); return
+    """Start inventory, orders and gateway (on `ports`, else free ones), each with
+    the environment variables `env[service]` (and `env["*"]`) added; return
     {service: {process, port, url}}."""
     import labkit  # imported here: the service processes themselves never need it
 
@@ -779,7 +805,12 @@ def start_shop(
         if name in DOWNSTREAM:
             command += ["--downstream", shop[DOWNSTREAM[name]]["url"]]
         shop[name] = {
-            "process": spawn(command, data_dir, name),
+            "process": spawn(
+                command,
+                data_dir,
+                name,
+                {**(env or {}).get("*", {}), **(env or {}).get(name, {})},
+            ),
             "port": port,
             "url": f"http://127.0.0.1:{port}",
         }
@@ -857,7 +888,10 @@ def send_load(
     Every request is a checkout of a random item (seeded); `sold_out_share` of them ask
     for the item that is out of stock. Each carries the baggage entry
     `shop.request=<seed>.<i>`, which the services' fault draws are keyed on. Returns
-    one dict per request: due and actual start (s), latency (ms), status.
+    one dict per request: due and actual start (s), status, and two latencies (ms):
+    `latency_ms` from the moment it was sent, `latency_from_due_ms` from the moment it
+    was due. Once every worker is busy, requests leave late and only the second
+    counts the wait (the first is coordinated omission).
     """
     rng = random.Random(seed)
     available = [i for i in ITEMS if i != SOLD_OUT]
@@ -890,12 +924,14 @@ def send_load(
                 status, _ = get(url, headers={"baggage": f"{REQUEST_KEY}={seed}.{i}"})
             except OSError:
                 status = 599
+            done = time.perf_counter()
             results[i] = {
                 "request": i,
                 "item": item,
                 "due_s": due_s,
                 "start_s": sent - started,
-                "latency_ms": (time.perf_counter() - sent) * 1000,
+                "latency_ms": (done - sent) * 1000,
+                "latency_from_due_ms": (done - started - due_s) * 1000,
                 "status": status,
             }
 
