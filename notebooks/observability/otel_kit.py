@@ -260,34 +260,15 @@ class OtlpReceiver:
 def start_prometheus(
     binary: str, run_dir: Path, targets: dict[str, int], interval_s: float
 ) -> tuple[Any, str]:
-    """Start a Prometheus on 127.0.0.1 scraping one job per service; return
-    (process, url)."""
-    import yaml
+    """Start a Prometheus on 127.0.0.1 scraping one job per service, without rules or
+    Alertmanager; return (process, url). The logs-and-alerts chapter's starter, with
+    nothing to evaluate."""
+    import alerting_kit
 
-    import labkit
-
-    port = labkit.free_port()
     interval = f"{int(interval_s * 1000)}ms"
-    config = {
-        "global": {"scrape_interval": interval, "scrape_timeout": interval},
-        "scrape_configs": [
-            {"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{p}"]}]}
-            for name, p in targets.items()
-        ],
-    }
-    (run_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    process = shopapp.spawn(
-        [
-            binary,
-            f"--config.file={run_dir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={run_dir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        run_dir,
-        "prometheus",
+    return alerting_kit.start_prometheus(
+        binary, run_dir, targets, [], interval, None, shopapp.spawn
     )
-    return process, f"http://127.0.0.1:{port}"
 
 
 def prometheus_targets(prom_url: str) -> dict[str, str]:
