@@ -486,6 +486,33 @@ def test_helper_files_follow_imports_and_read_files_but_not_outputs(
     ] == []
 
 
+def test_helper_files_follow_another_parts_modules(tmp_path: Path) -> None:
+    _tiny_book(tmp_path)
+    later = tmp_path / "notebooks" / "later"
+    later.mkdir()
+    (later / "own.py").write_text("z = 1\n")
+    _notebook(
+        later / "d.ipynb",
+        ['labkit.use_chapter_modules("part")', "import shared, own, other_thing"],
+    )
+    found = book.helper_files(Path("notebooks/later/d.ipynb"), tmp_path)
+    assert [str(p) for p in found] == [
+        "notebooks/later/own.py",
+        "notebooks/part/inner.py",  # imported by shared.py, beside it
+        "notebooks/part/shared.py",
+    ]
+    # Without the call, another part's modules are not followed.
+    _notebook(later / "e.ipynb", ["import shared"])
+    assert book.helper_files(Path("notebooks/later/e.ipynb"), tmp_path) == []
+
+
+def test_use_chapter_modules_names_the_parts_when_wrong() -> None:
+    folder = labkit.use_chapter_modules("observability")
+    assert str(folder) in sys.path and (folder / "shopapp.py").is_file()
+    with pytest.raises(ValueError, match="observability"):
+        labkit.use_chapter_modules("no-such-part")
+
+
 def test_editing_a_helper_module_makes_exactly_its_notebooks_stale(
     tmp_path: Path,
 ) -> None:

@@ -5,6 +5,7 @@ timing, plot style and glue. The technique a chapter teaches never lives here: i
 visible in the notebook.
 """
 
+from labkit.book import use_chapter_modules
 from labkit.determinism import pin_kernels, pin_threads
 from labkit.edge import (
     EDGE_RUNTIMES,
@@ -47,6 +48,7 @@ from labkit.servers import (
 )
 
 __all__ = [
+    "use_chapter_modules",
     "EDGE_RUNTIMES",
     "ExerciseDefect",
     "check_exercise",

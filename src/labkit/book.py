@@ -135,6 +135,27 @@ def _imported_names(text: str) -> set[str]:
     return names
 
 
+_CHAPTER_MODULES = re.compile(r"use_chapter_modules\(\s*[\"']([\w./-]+)[\"']\s*\)")
+
+
+def use_chapter_modules(part: str) -> Path:
+    """Make the helper modules of another part of the book importable (for example
+    `use_chapter_modules("observability")` before `import shopapp`), so a chapter reuses
+    them instead of copying them. The stamp follows such imports.
+
+    Returns the folder it put on `sys.path`.
+    """
+    import sys
+
+    folder = (ROOT / "notebooks" / part).resolve()
+    if not folder.is_dir():
+        parts = sorted(p.name for p in (ROOT / "notebooks").iterdir() if p.is_dir())
+        raise ValueError(f"no part {part!r}; the book's parts are {parts}")
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    return folder
+
+
 def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
     """Files beside `notebook` that it imports (recursively) or names as a string, and
     its YAML sources under templates/<chapter>/; outputs excluded.
@@ -148,13 +169,20 @@ def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
     # The chapter's YAML sources (templates/<chapter>/) count whole.
     templates = folder / TEMPLATES_FOLDER / Path(notebook).stem
     found: set[Path] = {p for p in templates.rglob("*") if p.is_file()}
-    while texts:
-        text = texts.pop()
-        candidates = [folder / f"{name}.py" for name in _imported_names(text)]
-        candidates += [folder / name for name in _READ_NAME.findall(text)]
-        for path in candidates:
+    # Other parts whose helper modules the notebook puts on sys.path.
+    others = [
+        root / "notebooks" / p for t in texts for p in _CHAPTER_MODULES.findall(t)
+    ]
+    pending = [(folder, text) for text in texts]
+    while pending:
+        base, text = pending.pop()
+        names = _imported_names(text)
+        candidates = [(base, base / f"{name}.py") for name in names]
+        candidates += [(base, base / name) for name in _READ_NAME.findall(text)]
+        candidates += [(o, o / f"{name}.py") for o in others for name in names]
+        for where, path in candidates:
             try:
-                rel = path.resolve().relative_to(folder.resolve())
+                rel = path.resolve().relative_to(where.resolve())
             except ValueError:
                 continue
             if (
@@ -166,7 +194,7 @@ def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
                 continue
             found.add(path)
             if path.suffix == ".py":
-                texts.append(path.read_text())
+                pending.append((where, path.read_text()))
     return sorted(p.resolve().relative_to(root.resolve()) for p in found)
 
 
