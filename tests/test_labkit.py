@@ -826,3 +826,30 @@ def test_pin_kernels_refuses_after_torch(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", object())
     with pytest.raises(RuntimeError, match="before `import torch`"):
         labkit.pin_kernels()
+
+
+def test_merged_ci_timings_keep_the_full_runs_fixed_cost() -> None:
+    old = {
+        "date": "d1",
+        "machine": "m",
+        "total_s": 100.0,
+        "setup_s": 50.0,
+        "notebooks": {"a.ipynb": {"nbval": 20.0}, "b.ipynb": {"nbval": 30.0}},
+    }
+    new = {
+        "date": "d2",
+        "machine": "m",
+        "total_s": 45.0,
+        "setup_s": 0.0,
+        "notebooks": {"b.ipynb": {"nbval": 10.0}, "c.ipynb": {"nbval": 5.0}},
+    }
+    merged = book.merge_ci_timings(old, new)
+    assert merged["notebooks"] == {
+        "a.ipynb": {"nbval": 20.0},
+        "b.ipynb": {"nbval": 10.0},
+        "c.ipynb": {"nbval": 5.0},
+    }
+    assert merged["total_s"] == 50.0 + 35.0  # the fixed cost plus the chapters
+    assert merged["setup_s"] == 50.0
+    text = book.render_report([], merged)
+    assert "combine two runs" in text and "`b`, `c`" in text

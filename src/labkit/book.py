@@ -529,6 +529,16 @@ def render_report(
             "holds today's total to the goal.",
             "",
         ]
+        if timings.get("merged"):
+            rerun = timings["merged"]["notebooks_rerun"]
+            lines[-1:-1] = [
+                f"The figures combine two runs: the full `make test` of "
+                f"{timings['merged']['full_run']}, and on {timings['date']} the checks "
+                f"of the {len(rerun)} chapters added or changed since ("
+                + ", ".join(f"`{Path(n).stem}`" for n in rerun)
+                + "), which replace theirs.",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -565,6 +575,26 @@ def ci_timings(run: dict[str, Any], setup_s: float = 0.0) -> dict[str, Any]:
     }
 
 
+def merge_ci_timings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Timings of a run that covered only some notebooks, merged into a full run's: the
+    notebooks it ran take its figures, the others and the fixed cost keep the old ones.
+    """
+    notebooks = {**old["notebooks"], **new["notebooks"]}
+    fixed_s = old["total_s"] - sum(sum(t.values()) for t in old["notebooks"].values())
+    total_s = fixed_s + sum(sum(t.values()) for t in notebooks.values())
+    return {
+        "date": new["date"],
+        "machine": new["machine"],
+        "total_s": round(total_s, 1),
+        "setup_s": new["setup_s"] or old.get("setup_s", 0.0),
+        "merged": {
+            "full_run": old["date"],
+            "notebooks_rerun": sorted(new["notebooks"]),
+        },
+        "notebooks": dict(sorted(notebooks.items())),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: execute [NB ...] [--all], report, stale."""
     parser = argparse.ArgumentParser(prog="python -m labkit.book", description=__doc__)
@@ -592,10 +622,18 @@ def main(argv: list[str] | None = None) -> int:
     times.add_argument(
         "--setup-s", type=float, default=0.0, help="seconds of setup before the tests"
     )
+    times.add_argument(
+        "--merge",
+        action="store_true",
+        help="the run covered only some notebooks: keep the others' timings and the "
+        "fixed cost from book/ci-timings.json",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "ci-times":
         timings = ci_timings(json.loads(args.durations.read_text()), args.setup_s)
+        if args.merge:
+            timings = merge_ci_timings(load_ci_timings(), timings)
         (ROOT / CI_TIMINGS).write_text(json.dumps(timings, indent=1) + "\n")
         write_report()
         print(render_report(report_rows(), timings).split("## CI time")[-1])
