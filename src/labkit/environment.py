@@ -121,6 +121,12 @@ DEBIAN_PACKAGES = {
     "npm": "npm",
     "prometheus": "prometheus",
     "promtool": "prometheus",
+    "bird": "bird2",
+    "birdc": "bird2",
+    "haproxy": "haproxy",
+    "postgres": "postgresql",
+    "wg": "wireguard-tools",
+    "wireguard-go": "wireguard-go",
 }
 
 # Tools the harness needs that no chapter declares: {tool: {who needs it: without it}}.
@@ -140,8 +146,16 @@ HARNESS_TOOLS = {
 
 def find_tool(tool: str) -> str | None:
     """The path of a system tool: on PATH, or in /usr/sbin or /sbin, where Debian puts
-    daemons such as mosquitto and which a user's PATH often lacks."""
-    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    daemons such as mosquitto and which a user's PATH often lacks, or in the newest of
+    Debian's PostgreSQL folders (/usr/lib/postgresql/<major>/bin), which is never on PATH."""
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    majors = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    return shutil.which(tool, path=str(majors[-1])) if majors else None
 
 
 def system_tools(root: Path | None = None) -> dict[str, dict[str, Any]]:
