@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -853,3 +854,55 @@ def test_merged_ci_timings_keep_the_full_runs_fixed_cost() -> None:
     assert merged["setup_s"] == 50.0
     text = book.render_report([], merged)
     assert "combine two runs" in text and "`b`, `c`" in text
+
+
+def test_custom_resources_are_checked_against_their_published_crd_schema() -> None:
+    rayjob = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": "demo"},
+        "spec": {"entrypoint": "python train.py", "shutdownAfterJobFinishes": True},
+    }
+    assert labkit.validate_custom_resource(rayjob) == rayjob
+    # An unknown field fails, at any depth, as kubeconform -strict rejects it.
+    for path in (("spec",), ()):
+        typo = json.loads(json.dumps(rayjob))
+        node = typo
+        for part in path:
+            node = node[part]
+        node["shutdownAfterJobFinish"] = True
+        with pytest.raises(ValueError, match="shutdownAfterJobFinish' was unexpected"):
+            labkit.validate_custom_resource(typo)
+    # A wrong type fails, and the message names the schema's source and commit.
+    wrong = {**rayjob, "spec": {**rayjob["spec"], "shutdownAfterJobFinishes": "yes"}}
+    with pytest.raises(ValueError, match=r"ray-project/kuberay@[0-9a-f]{7} \(20"):
+        labkit.validate_custom_resource(wrong)
+    # A kind whose schema is not vendored cannot pass unchecked.
+    with pytest.raises(ValueError, match="no published CRD schema vendored"):
+        labkit.validate_custom_resource({**rayjob, "kind": "RayJobs"})
+
+
+def test_vendored_crd_schemas_name_their_source_and_licence() -> None:
+    from labkit.k8s import CRD_ROOT
+
+    sources = json.loads((CRD_ROOT / "SOURCES.json").read_text())
+    files = {
+        str(p.relative_to(CRD_ROOT)) for p in CRD_ROOT.glob("*/*.json") if p.is_file()
+    }
+    assert files == set(sources)
+    for key, source in sources.items():
+        assert re.fullmatch(r"[0-9a-f]{40}", source["commit"]), key
+        licence = (
+            CRD_ROOT
+            / "licenses"
+            / (source["repository"].replace("/", "+") + ".LICENSE")
+        )
+        assert licence.read_text().strip(), key
+        # Strict where the project publishes fields: the spec is closed.
+        schema = json.loads((CRD_ROOT / key).read_text())
+        spec = schema.get("properties", {}).get("spec", {})
+        refs = [spec.get("$ref")] + [s.get("$ref") for s in spec.get("allOf", [])]
+        for ref in filter(None, refs):
+            spec = schema["definitions"][ref.removeprefix("#/definitions/")]
+        open_by_design = schema.get("x-kubernetes-preserve-unknown-fields")
+        assert open_by_design or spec.get("additionalProperties") is False, key

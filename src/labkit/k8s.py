@@ -3,12 +3,15 @@ write files.
 
 Built-in kinds are validated against the Kubernetes OpenAPI schema with
 kubernetes-validate in strict mode (unknown fields fail). Custom resources (KubeRay,
-KServe, KEDA...) have no schema shipped with it: `validate_custom_resource` checks their
-required fields and validates every pod template they embed strictly, as a Pod.
+KServe, KEDA...) have no schema shipped with it: `validate_custom_resource` checks them
+strictly against their projects' published CRD schemas, vendored under labkit/crds, and
+validates every pod template they embed strictly, as a Pod.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -99,8 +102,10 @@ def validate_custom_resource(
     version: str = K8S_VERSION,
 ) -> dict[str, Any]:
     """Check a custom resource: apiVersion with a group, kind, a DNS-1123 name, the
-    `required` dotted paths present, and every embedded pod spec valid as a Pod
-    (strict). Returns the dict.
+    whole object against its project's published CRD schema, strictly (unknown fields
+    are rejected, as kubeconform -strict and the API server's strict field validation
+    reject them; see `crd_schema`), the `required` dotted paths present, and every
+    embedded pod spec valid as a Pod (strict). Returns the dict.
 
     Some CRDs put their own fields beside the pod spec's (KServe's predictor has
     `minReplicas`, `scaleMetric`, ... next to `containers`): name them in
@@ -141,7 +146,72 @@ def validate_custom_resource(
             raise ValueError(
                 f"{name}: pod template at {path} is invalid: {err}"
             ) from err
+    check_crd_schema(manifest)
     return manifest
+
+
+CRD_ROOT = Path(__file__).parent / "crds"
+
+
+def crd_schema(api_version: str, kind: str) -> tuple[dict[str, Any], str]:
+    """The published JSON schema of a custom resource and where it comes from.
+
+    The schemas are vendored under labkit/crds/<group>/<kind>_<version>.json by
+    tools/vendor_crds.py, from the datreeio/CRDs-catalog repository or converted from
+    the project's own CRD YAML; crds/SOURCES.json names the repository, commit and date
+    of each. Raises ValueError when none is vendored: every custom resource in the book
+    is checked against its project's schema, so a new kind needs its schema vendored.
+    """
+    group, _, version = api_version.rpartition("/")
+    key = f"{group}/{kind.lower()}_{version}.json"
+    return _load_crd_schema(key), _crd_source(key)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_crd_schema(key: str) -> dict[str, Any]:
+    path = CRD_ROOT / key
+    if not path.exists():
+        raise ValueError(
+            f"no published CRD schema vendored for {key.removesuffix('.json')}: "
+            "add it to tools/vendor_crds.py and run it"
+        )
+    schema = json.loads(path.read_text())
+    # The envelope: the catalog's schemas list only spec and status at the root.
+    schema.setdefault("properties", {})
+    for field in ("apiVersion", "kind"):
+        schema["properties"].setdefault(field, {"type": "string"})
+    schema["properties"].setdefault("metadata", {"type": "object"})
+    # An open CRD (IstioOperator) stays open: its project publishes no field schema.
+    if not schema.get("x-kubernetes-preserve-unknown-fields"):
+        schema["additionalProperties"] = False
+    return schema
+
+
+@functools.lru_cache(maxsize=None)
+def _crd_source(key: str) -> str:
+    sources = json.loads((CRD_ROOT / "SOURCES.json").read_text())
+    source = sources[key]
+    return f"{source['repository']}@{source['commit'][:7]} ({source['date']})"
+
+
+def check_crd_schema(manifest: Mapping[str, Any]) -> None:
+    """Raise ValueError listing where `manifest` breaks its published CRD schema."""
+    import jsonschema
+
+    schema, source = crd_schema(manifest["apiVersion"], manifest["kind"])
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(dict(manifest)), key=lambda e: list(e.path))
+    if errors:
+        lines = [
+            f"{'.'.join(str(p) for p in err.path) or '(root)'}: {err.message}"
+            for err in errors[:5]
+        ]
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ValueError(
+            f"{_describe(manifest)} breaks its CRD schema from {source}: "
+            + "; ".join(lines)
+            + more
+        )
 
 
 def check_pod_security_restricted(obj: Any) -> list[str]:
