@@ -147,7 +147,7 @@ HARNESS_TOOLS = {
 def find_tool(tool: str) -> str | None:
     """The path of a system tool: on PATH, or in /usr/sbin or /sbin, where Debian puts
     daemons such as mosquitto and which a user's PATH often lacks, or in the newest of
-    Debian's PostgreSQL folders (/usr/lib/postgresql/<major>/bin), which is never on PATH."""
+    Debian's PostgreSQL folders (/usr/lib/postgresql/<major>/bin), never on PATH."""
     found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
     if found:
         return found
