@@ -16,10 +16,46 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 TEMPLATES = Path(__file__).parent / "templates" / "ray-distributed-training"
 CPU_WHEELS = "https://download.pytorch.org/whl/cpu"
+
+
+# The chapter's data and model, which ray-model-parallel.ipynb trains again.
+def make_spirals(
+    n_points: int, seed: int, noise: float = 0.5, turns: float = 1.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Three noisy spiral arms, an equal share of points each, shuffled."""
+    rng = np.random.default_rng(seed)
+    per_class = n_points // 3
+    features, labels = [], []
+    for arm in range(3):
+        radius = np.sqrt(rng.uniform(0.05, 1.0, per_class))
+        noise_angle = rng.normal(0.0, noise, per_class)
+        angle = 2 * np.pi * (turns * radius + arm / 3) + noise_angle
+        features.append(
+            np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+        )
+        labels.append(np.full(per_class, arm))
+    order = rng.permutation(3 * per_class)
+    features = np.concatenate(features)[order].astype(np.float32)
+    return features, np.concatenate(labels)[order].astype(np.int64)
+
+
+def build_model(hidden_units: int, seed: int):
+    """The data-parallel chapter's MLP: 2 -> hidden -> hidden -> 3, seeded."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(2, hidden_units),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden_units, hidden_units),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden_units, 3),
+    )
 
 
 def start_local_cluster(head: dict[str, Any], worker: dict[str, Any]):
