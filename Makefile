@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test execute report setup assets lock clean environment.yml
+.PHONY: book test execute report setup assets lock lock-checkov clean environment.yml
 
 # Python environment from the lock; rebuilt when the lock or the package metadata changes.
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -22,7 +22,16 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" > /dev/null
 	touch $@
 
-setup: $(VENV)/.installed
+# Checkov (the production-templates chapter's policy checks) pins versions of networkx and packaging
+# that the book's lock cannot take: it lives in a virtual environment of its own, from its own lock.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+setup: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 
 # Mermaid and MathJax are served by the book itself (pinned in package.json), never from a CDN.
 _static/mermaid/mermaid.esm.min.mjs _assets/mathjax/tex-mml-chtml.js &: package.json package-lock.json
@@ -66,6 +75,12 @@ lock:
 	$(PY) -m pip freeze --exclude-editable | $(PY) tools/make_lock.py > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.txt
 	$(PY) tools/make_environment.py
+
+lock-checkov:
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==3.3.30
+	{ sed -n 1,2p requirements-checkov.txt; $(CHECKOV_VENV)/bin/python -m pip freeze --exclude-editable; } > requirements-checkov.tmp
+	mv requirements-checkov.tmp requirements-checkov.txt
 
 # environment.yml (Binder, JupyterHub) is generated from the lock.
 environment.yml: requirements.txt

@@ -147,10 +147,19 @@ HARNESS_TOOLS = {
 def find_tool(tool: str) -> str | None:
     """The path of a system tool: on PATH, or in /usr/sbin or /sbin, where Debian puts
     daemons such as mosquitto and which a user's PATH often lacks, or in the newest of
-    Debian's PostgreSQL folders (/usr/lib/postgresql/<major>/bin), never on PATH."""
+    Debian's PostgreSQL folders (/usr/lib/postgresql/<major>/bin), never on PATH, or in
+    a tool's own virtual environment beside the book's (.venv-checkov/bin)."""
     found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
     if found:
         return found
+    # Tools whose pins conflict with the book's lock get a venv of their own beside
+    # .venv, built by `make setup` (.venv-checkov).
+    from labkit import book
+
+    for venv in sorted(book.ROOT.glob(".venv-*/bin")):
+        found = shutil.which(tool, path=str(venv))
+        if found:
+            return found
     majors = sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
