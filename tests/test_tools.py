@@ -98,8 +98,16 @@ def test_packages_come_from_the_table_and_an_unknown_tool_has_none(
 ) -> None:
     tools = environment.system_tools(tiny_book)
     assert tools["labkit-missing-tool"]["package"] is None
+    assert tools["labkit-missing-tool"]["install"] is None
     assert environment.DEBIAN_PACKAGES["promtool"] == "prometheus"
     assert list(tools) == sorted(tools)
+
+
+def test_a_tool_with_its_own_environment_is_installed_by_make_setup() -> None:
+    tools = environment.system_tools()
+    assert tools["promtool"]["install"] == "apt-get install prometheus"
+    assert tools["checkov"]["package"] is None
+    assert tools["checkov"]["install"].startswith("make setup")
 
 
 def test_a_chapter_and_the_harness_needing_one_tool_are_both_named(
@@ -120,9 +128,9 @@ def test_versions_come_from_book_tool_version(
     assert tools["labkit-missing-tool"]["version"] == "labkit-missing-tool 9.9"
 
 
-def test_every_tool_a_book_chapter_declares_has_a_debian_package() -> None:
+def test_every_tool_a_book_chapter_declares_has_a_way_to_install_it() -> None:
     tools = environment.system_tools()
-    unknown = sorted(t for t, row in tools.items() if row["package"] is None)
+    unknown = sorted(t for t, row in tools.items() if row["install"] is None)
     assert not unknown, (
         f"add the Debian package of {unknown} to labkit.environment.DEBIAN_PACKAGES"
     )

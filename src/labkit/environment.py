@@ -129,6 +129,12 @@ DEBIAN_PACKAGES = {
     "wireguard-go": "wireguard-go",
 }
 
+# Tools that are Python programs with a virtual environment of their own (their pins
+# conflict with the lock), built by `make setup` and Binder's postBuild.
+OWN_ENVIRONMENTS = {
+    "checkov": "make setup (Checkov's own environment, .venv-checkov)",
+}
+
 # Tools the harness needs that no chapter declares: {tool: {who needs it: without it}}.
 _NPM_ASSETS = (
     "stop at the assets step: the book serves Mermaid and MathJax itself, "
@@ -180,8 +186,10 @@ def system_tools(root: Path | None = None) -> dict[str, dict[str, Any]]:
     Chapters declare theirs in `metadata.labkit.tools`; the harness's are HARNESS_TOOLS.
     For each tool: `present` (on PATH), `version` (the first line of `--version`, or
     'missing'), `package` (the Debian package that provides it; None when
-    DEBIAN_PACKAGES lacks it) and `needed_by`: {chapter as in `_toc.yml`, or harness
-    command: what it does without the tool}, chapters in book order, then the harness.
+    DEBIAN_PACKAGES lacks it), `install` (the command that installs it: apt-get for a
+    Debian package, `make setup` for a tool in OWN_ENVIRONMENTS) and `needed_by`:
+    {chapter as in `_toc.yml`, or harness command: what it does without the tool},
+    chapters in book order, then the harness.
     """
     from labkit import book
 
@@ -199,6 +207,11 @@ def system_tools(root: Path | None = None) -> dict[str, dict[str, Any]]:
             "present": find_tool(tool) is not None,
             "version": book.tool_version(tool),
             "package": DEBIAN_PACKAGES.get(tool),
+            "install": (
+                f"apt-get install {DEBIAN_PACKAGES[tool]}"
+                if tool in DEBIAN_PACKAGES
+                else OWN_ENVIRONMENTS.get(tool)
+            ),
             "needed_by": needed_by[tool],
         }
         for tool in sorted(needed_by)
