@@ -1,6 +1,7 @@
-"""Plumbing for ray-model-parallel.ipynb: sizes per profile, the spiral data and the
-MLP of the data-parallel chapter, byte counting, the plots, and the KubeRay manifests
-filled from templates/ray-model-parallel/.
+"""Plumbing for ray-model-parallel.ipynb: sizes per profile, the deeper MLP of the
+pipeline, byte counting, reading the stages' events, the plots, and the KubeRay
+manifests filled from templates/ray-model-parallel/. The spiral data and the small MLP
+come from ray_training_kit.py, shared with ray-distributed-training.ipynb.
 
 The techniques (FSDP2 and DDP in Ray Train, the pipeline stages and their schedule,
 the column split) stay in the notebook.
