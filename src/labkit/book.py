@@ -39,6 +39,10 @@ OUTPUT_FOLDERS = ("manifests",)
 # Manifests kept as YAML beside a chapter: templates/<chapter>/*.yaml, which the chapter
 # loads, sizes from its measurements, validates and writes to manifests/<chapter>/.
 TEMPLATES_FOLDER = "templates"
+# labkit's classroom tooling (learning paths, the exams' grading, the class's
+# JupyterHub). No chapter needs it to run, so it stays out of the environment hash;
+# a notebook that imports one of these modules hashes it as one of its helper files.
+TOOLING_MODULES = ("paths", "exams", "hub")
 CI_GOAL_MIN = 45
 CHAPTERS_PLANNED = 35
 _READ_NAME = re.compile(
@@ -87,6 +91,8 @@ def environment_hash(root: Path = ROOT) -> str:
     for name in LOCK_FILES:
         digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
     for source in sorted((root / "src" / "labkit").rglob("*.py")):
+        if source.parent.name == "labkit" and source.stem in TOOLING_MODULES:
+            continue
         digest.update(
             str(source.relative_to(root)).encode() + b"\0" + source.read_bytes() + b"\0"
         )
@@ -135,6 +141,30 @@ def _imported_names(text: str) -> set[str]:
     return names
 
 
+def _tooling_imports(text: str) -> set[str]:
+    """The labkit tooling modules (TOOLING_MODULES) a piece of Python imports."""
+    lines = [
+        line for line in text.splitlines() if not line.lstrip().startswith(("%", "!"))
+    ]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("labkit."):
+                    found.add(alias.name.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "labkit":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "labkit."
+        ):
+            found.add(node.module.split(".")[1])
+    return found & set(TOOLING_MODULES)
+
+
 _CHAPTER_MODULES = re.compile(r"use_chapter_modules\(\s*[\"']([\w./-]+)[\"']\s*\)")
 
 
@@ -173,6 +203,11 @@ def helper_files(notebook: Path, root: Path = ROOT) -> list[Path]:
     others = [
         root / "notebooks" / p for t in texts for p in _CHAPTER_MODULES.findall(t)
     ]
+    found |= {
+        root / "src" / "labkit" / f"{name}.py"
+        for text in texts
+        for name in _tooling_imports(text)
+    }
     pending = [(folder, text) for text in texts]
     while pending:
         base, text = pending.pop()
@@ -311,15 +346,98 @@ def strip_volatile(nb: dict[str, Any]) -> dict[str, Any]:
     return nb
 
 
+def _set_child_subreaper(on: bool) -> None:
+    """Linux: adopt (or stop adopting) the orphans of this process's descendants."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_CHILD_SUBREAPER = 36
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+class ResourceMeter:
+    """CPU seconds and peak memory of everything this process starts while it is on.
+
+    CPU: the growth of `RUSAGE_CHILDREN` (user + system) over the run. This process
+    becomes a child subreaper (Linux), so that a descendant whose parent exits before it
+    (a Ray worker, a daemonised server) is handed to us and counted when we reap it;
+    every zombie left is reaped at the end. Memory: a thread samples every descendant
+    each `interval_s` and keeps the peak of the summed RSS and of the summed PSS (RSS
+    counts shared pages once per process, so its sum overstates a process tree; PSS
+    shares them out, which is closer to what a container's memory cgroup charges).
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak_rss = self.peak_pss = 0
+        self._stop = False
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop:
+            rss = pss = 0
+            for proc in me.children(recursive=True):
+                try:
+                    info = proc.memory_full_info()
+                except psutil.Error:  # gone, a zombie, or not ours to read
+                    continue
+                rss, pss = rss + info.rss, pss + info.pss
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_pss = max(self.peak_pss, pss)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> ResourceMeter:
+        import resource
+        import threading
+
+        _set_child_subreaper(True)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._cpu_start = usage.ru_utime + usage.ru_stime
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import resource
+
+        self._stop = True
+        self._thread.join()
+        while True:  # reap the orphans handed to us, so that their CPU time counts
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        _set_child_subreaper(False)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu_s = usage.ru_utime + usage.ru_stime - self._cpu_start
+
+    def as_stamp(self) -> dict[str, float]:
+        """The stamp's fields: CPU seconds, peak summed RSS and PSS in MiB."""
+        return {
+            "cpu_s": round(self.cpu_s, 1),
+            "peak_rss_mib": round(self.peak_rss / 2**20),
+            "peak_pss_mib": round(self.peak_pss / 2**20),
+        }
+
+
 def run_papermill(
     source: Path,
     out: Path,
     parameters: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     timeout_s: int = 900,
+    meter: ResourceMeter | None = None,
 ) -> float:
     """Run `source` into `out` with papermill in the notebook's folder; return the wall
-    time in seconds."""
+    time in seconds. With `meter`, also measure the CPU time and peak memory of the
+    kernel and every process it starts (`ResourceMeter`)."""
+    import contextlib
+
     import papermill
 
     env_before = dict(os.environ)
@@ -328,16 +446,17 @@ def run_papermill(
     os.environ.update(env or {})
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(source),
-            str(out),
-            parameters=parameters or {},
-            cwd=str(source.parent),
-            kernel_name="python3",
-            progress_bar=False,
-            execution_timeout=timeout_s,
-            log_output=False,
-        )
+        with meter or contextlib.nullcontext():
+            papermill.execute_notebook(
+                str(source),
+                str(out),
+                parameters=parameters or {},
+                cwd=str(source.parent),
+                kernel_name="python3",
+                progress_bar=False,
+                execution_timeout=timeout_s,
+                log_output=False,
+            )
     finally:
         os.environ.clear()
         os.environ.update(env_before)
@@ -354,7 +473,8 @@ def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, An
     source = root / path
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
-        wall_s = run_papermill(source, out, timeout_s=timeout_s)
+        meter = ResourceMeter()
+        wall_s = run_papermill(source, out, timeout_s=timeout_s, meter=meter)
         nb = strip_volatile(json.loads(out.read_text()))
         smoke_s = run_papermill(
             source,
@@ -370,6 +490,7 @@ def execute(path: Path, root: Path = ROOT, timeout_s: int = 900) -> dict[str, An
         "hash": expected_stamp_hash(nb, root, path),
         "wall_s": round(wall_s, 1),
         "smoke_wall_s": round(smoke_s, 1),
+        **meter.as_stamp(),
         "profile": "laptop",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "platform": f"{platform.system()} {platform.machine()}, "
@@ -406,6 +527,9 @@ def report_rows(root: Path = ROOT) -> list[dict[str, Any]]:
                 "budget_s": budget,
                 "smoke_wall_s": smoke,
                 "smoke_budget_s": smoke_budget,
+                "cpu_s": stamp.get("cpu_s"),
+                "peak_rss_mib": stamp.get("peak_rss_mib"),
+                "peak_pss_mib": stamp.get("peak_pss_mib"),
                 "status": status,
                 "compared": compared,
                 "with_output": with_output,
@@ -471,10 +595,21 @@ def render_report(
         "of the Ray chapters against a real two-node cluster and fails when that run "
         "is over its smoke budget.",
         "",
-        "| Notebook | Laptop (s) | Budget | Smoke (s) | Budget | Status | Compared "
-        "cells | Code / prose (k chars) "
+        "The laptop run also measures what a learner's server needs: the CPU seconds "
+        "(user and system) of the",
+        "kernel and every process it starts, and their peak memory, summed over the "
+        "process tree and sampled",
+        "every 0.2 s, as PSS (shared pages shared out, close to what a container's "
+        "memory cgroup charges) and",
+        "as RSS (shared pages counted in every process, an upper bound). The "
+        "online-lab chapter sizes the",
+        "class's JupyterHub from these columns.",
+        "",
+        "| Notebook | Laptop (s) | Budget | Smoke (s) | Budget | Status | CPU (s) "
+        "| Peak PSS / RSS (MiB) | Compared cells | Code / prose (k chars) "
         "| CI nbval (s) | CI smoke (s) |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for row in rows:
         share = row["compared"] / row["with_output"] if row["with_output"] else 0.0
@@ -483,6 +618,8 @@ def render_report(
             f"| `{row['notebook']}` | {_fmt(row['wall_s'])} | {row['budget_s']:.0f} | "
             f"{_fmt(row['smoke_wall_s'])} "
             f"| {row['smoke_budget_s']:.0f} | {row['status']} | "
+            f"{_fmt(row.get('cpu_s'), '.0f')} | {_fmt(row.get('peak_pss_mib'), '.0f')}"
+            f" / {_fmt(row.get('peak_rss_mib'), '.0f')} | "
             f"{row['compared']}/{row['with_output']} "
             f"({share:.0%}) | {row['code_chars'] / 1000:.1f} / "
             f"{row['prose_chars'] / 1000:.1f} "
@@ -546,6 +683,10 @@ def write_report(root: Path = ROOT) -> list[dict[str, Any]]:
     """Write book/execution-report.json and book/execution-report.md; return the
     rows."""
     rows = report_rows(root)
+    if (root / "book" / "paths" / "paths.yml").exists():
+        from labkit import paths  # the learning paths show each chapter's time
+
+        paths.write_paths(root)
     (root / REPORT_JSON).write_text(json.dumps(rows, indent=1) + "\n")
     (root / REPORT_MD).write_text(render_report(rows, load_ci_timings(root) or None))
     return rows

