@@ -582,6 +582,25 @@ def test_classroom_tooling_stales_only_the_notebooks_that_import_it(
     assert stale() == names
 
 
+def test_a_chapter_that_reads_the_stamps_goes_stale_with_them(tmp_path: Path) -> None:
+    _tiny_book(tmp_path)
+    part = tmp_path / "notebooks" / "part"
+    _notebook(part / "lab.ipynb", ["import json"], {"reads_stamps": True})
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: notebooks/part/lab\nchapters:\n"
+        "- file: notebooks/part/a\n"
+    )
+    rel = Path("notebooks/part/lab.ipynb")
+    before = book.local_hash(rel, tmp_path)
+    nb = json.loads((part / "a.ipynb").read_text())
+    nb["metadata"]["labkit"]["stamp"] = {"hash": "x", "date": "2026-12-01"}
+    (part / "a.ipynb").write_text(json.dumps(nb))
+    assert book.local_hash(rel, tmp_path) == before  # no measurement changed
+    nb["metadata"]["labkit"]["stamp"]["peak_rss_mib"] = 512
+    (part / "a.ipynb").write_text(json.dumps(nb))
+    assert book.local_hash(rel, tmp_path) != before
+
+
 def test_a_page_that_tables_tool_declarations_goes_stale_with_them(
     tmp_path: Path,
 ) -> None:

@@ -43,6 +43,9 @@ TEMPLATES_FOLDER = "templates"
 # JupyterHub). No chapter needs it to run, so it stays out of the environment hash;
 # a notebook that imports one of these modules hashes it as one of its helper files.
 TOOLING_MODULES = ("paths", "exams", "hub")
+# What a laptop run measures; a chapter with `"reads_stamps": true` in its metadata
+# (the online lab sizes a JupyterHub from them) goes stale when another's change.
+STAMP_MEASUREMENTS = ("wall_s", "cpu_s", "peak_rss_mib", "peak_pss_mib")
 CI_GOAL_MIN = 45
 CHAPTERS_PLANNED = 35
 _READ_NAME = re.compile(
@@ -275,6 +278,14 @@ def local_hash(notebook: Path, root: Path = ROOT) -> str:
             digest.update(
                 f"{other}={sorted(declared_tools(other_nb).items())}".encode()
             )
+    if nb.get("metadata", {}).get("labkit", {}).get("reads_stamps"):
+        for other in toc_notebooks(root):  # a chapter computed from the others' stamps
+            if Path(other) == Path(notebook):
+                continue
+            stamp = json.loads((root / other).read_text())["metadata"]
+            stamp = stamp.get("labkit", {}).get("stamp", {})
+            measured = {k: stamp.get(k) for k in STAMP_MEASUREMENTS}
+            digest.update(f"{other}={sorted(measured.items())}".encode())
     return digest.hexdigest()[:16]
 
 
