@@ -376,20 +376,36 @@ def _set_child_subreaper(on: bool) -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
+def _reap_zombies() -> None:
+    """Collect every child of ours that has exited (its CPU time joins ours)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 class ResourceMeter:
     """CPU seconds and peak memory of everything this process starts while it is on.
 
-    CPU: the growth of `RUSAGE_CHILDREN` (user + system) over the run. This process
-    becomes a child subreaper (Linux), so that a descendant whose parent exits before it
-    (a Ray worker, a daemonised server) is handed to us and counted when we reap it;
-    every zombie left is reaped at the end. Memory: a thread samples every descendant
+    CPU (user + system), the larger of two lower bounds: the growth of
+    `RUSAGE_CHILDREN`, which counts every descendant that was waited for (this process
+    becomes a child subreaper on Linux, so that orphans are handed to us and reaped at
+    the end), and the sum over every descendant of its own CPU time at its last sample,
+    which also counts processes whose parent was killed before it waited for them (Ray
+    workers under a killed raylet) but misses the last moments of each process and
+    processes shorter than a sample. Memory: a thread samples every descendant
     each `interval_s` and keeps the peak of the summed RSS and of the summed PSS (RSS
     counts shared pages once per process, so its sum overstates a process tree; PSS
     shares them out, which is closer to what a container's memory cgroup charges).
     """
 
-    def __init__(self, interval_s: float = 0.2) -> None:
+    def __init__(self, interval_s: float = 0.2, orphan_wait_s: float = 5.0) -> None:
         self.interval_s = interval_s
+        self.orphan_wait_s = orphan_wait_s
+        self._sampled_cpu: dict[int, float] = {}
         self.peak_rss = self.peak_pss = 0
         self._stop = False
 
@@ -402,9 +418,11 @@ class ResourceMeter:
             for proc in me.children(recursive=True):
                 try:
                     info = proc.memory_full_info()
+                    cpu = proc.cpu_times()
                 except psutil.Error:  # gone, a zombie, or not ours to read
                     continue
                 rss, pss = rss + info.rss, pss + info.pss
+                self._sampled_cpu[proc.pid] = cpu.user + cpu.system
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
             time.sleep(self.interval_s)
@@ -423,18 +441,28 @@ class ResourceMeter:
     def __exit__(self, *exc: object) -> None:
         import resource
 
+        import psutil
+
         self._stop = True
         self._thread.join()
-        while True:  # reap the orphans handed to us, so that their CPU time counts
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+        # Orphans handed to us (Ray workers whose raylet was killed at shutdown) may
+        # outlive the kernel by a moment: wait for them, then reap them all, so that
+        # their CPU time counts.
+        deadline = time.monotonic() + self.orphan_wait_s
+        while True:
+            _reap_zombies()
+            alive = [
+                p
+                for p in psutil.Process().children()
+                if p.status() != psutil.STATUS_ZOMBIE
+            ]
+            if not alive or time.monotonic() > deadline:
                 break
-            if pid == 0:
-                break
+            time.sleep(0.1)
         _set_child_subreaper(False)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.cpu_s = usage.ru_utime + usage.ru_stime - self._cpu_start
+        reaped_s = usage.ru_utime + usage.ru_stime - self._cpu_start
+        self.cpu_s = max(reaped_s, sum(self._sampled_cpu.values()))
 
     def as_stamp(self) -> dict[str, float]:
         """The stamp's fields: CPU seconds, peak summed RSS and PSS in MiB."""
