@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := module://matplotlib_inline.backend_inline
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test execute report setup assets lock lock-checkov lock-vllm hub clean environment.yml
+.PHONY: book test execute report setup assets prepare lock lock-checkov lock-vllm hub clean environment.yml
 
 # Python environment from the lock; rebuilt when the lock or the package metadata changes.
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -64,6 +64,11 @@ _static/mermaid/mermaid.esm.min.mjs _assets/mathjax/tex-mml-chtml.js &: package.
 
 assets: _static/mermaid/mermaid.esm.min.mjs _assets/mathjax/tex-mml-chtml.js
 
+# The three environments and the assets do not depend on each other: build them side by side (on the
+# CI machine, 4 min instead of 6).
+prepare:
+	@$(MAKE) --no-print-directory -j4 setup assets
+
 # Re-run stale notebooks (or the one named by NB=path) and stamp them; rewrites the execution report.
 execute: setup
 	$(PY) -m labkit.book execute $(NB)
@@ -71,13 +76,13 @@ execute: setup
 report: setup
 	$(PY) -m labkit.book report
 
-book: setup assets execute
+book: prepare execute
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html (serve it: $(PY) -m http.server --bind 127.0.0.1 -d _build/html 8000)"
 
 # Everything CI checks; NB=path narrows it to the notebook checks of one notebook.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval-sanitize.cfg --nbval-cell-timeout 600
-test: setup assets
+test: prepare
 ifeq ($(NB),)
 	$(PY) -m pytest --durations=20 tests/test_labkit.py tests/test_operational.py tests/test_tools.py tests/test_harness.py \
 	  tests/test_environment.py tests/test_hygiene.py $(NBVAL) $$($(PY) -m labkit.book list) \
