@@ -266,7 +266,8 @@ def test_learner_opens_the_book_through_nbgitpuller(
               const app = window.jupyterapp;
               const panel = app && app.shell.currentWidget;
               return panel && panel.context && panel.context.path.endsWith(path)
-                && panel.content.widgets.length > 0 && panel.sessionContext.session
+                && panel.context.isReady && panel.content.widgets.length > 0
+                && panel.sessionContext.session
                 && panel.sessionContext.session.kernel
                 && panel.sessionContext.session.kernel.connectionStatus
                    === 'connected';
@@ -315,14 +316,17 @@ def test_learner_opens_the_book_through_nbgitpuller(
 
         # The learner's exam: the student version, in ~/exams/, opens in JupyterLab.
         exam_in_home = f"exams/{Path(EXAM).stem}/{Path(EXAM).name}"
+        on_disk = json.loads((hub.home(learner) / exam_in_home).read_text())["cells"]
         page.goto(f"{hub.url}/user/{learner}/lab/tree/{exam_in_home}")
+        # The panel shows one empty cell until the file's content has loaded: wait
+        # for as many cells as the file holds.
         page.wait_for_function(
-            """path => {
+            """([path, n]) => {
               const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
               return panel && panel.context && panel.context.path === path
-                && panel.content.widgets.length > 0;
+                && panel.context.isReady && panel.content.widgets.length === n;
             }""",
-            arg=exam_in_home,
+            arg=[exam_in_home, len(on_disk)],
             polling=500,
         )
         exam_sources = page.evaluate(
@@ -332,6 +336,8 @@ def test_learner_opens_the_book_through_nbgitpuller(
         phase(f"exam open: {len(exam_sources)} cells")
         page.close()
 
+    src = [c["source"] for c in on_disk]
+    assert exam_sources == [s if isinstance(s, str) else "".join(s) for s in src]
     exam_text = "\n".join(exam_sources)
     assert "YOUR CODE HERE" in exam_text
     assert "BEGIN SOLUTION" not in exam_text and "BEGIN HIDDEN TESTS" not in exam_text

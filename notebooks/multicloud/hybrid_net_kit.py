@@ -8,6 +8,7 @@ import argparse
 import atexit
 import contextlib
 import heapq
+import http.client
 import json
 import os
 import re
@@ -715,7 +716,8 @@ def load(url: str, *, rate_rps: float, seconds: float, events=()) -> list[dict]:
             with urllib.request.urlopen(url, timeout=2) as reply:
                 cluster = json.loads(reply.read())["cluster"]
             return {"t_s": t, "ok": True, "cluster": cluster}
-        except (urllib.error.URLError, OSError, ValueError):
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+            # HTTPException: a reply cut short (IncompleteRead) when a server dies
             return {"t_s": t, "ok": False, "cluster": None}
 
     timers = [threading.Timer(at_s, action) for at_s, action in events]
